@@ -1,0 +1,174 @@
+//! Mount configuration: a plain struct filled by the CLI and validated once.
+
+use std::path::{Path, PathBuf};
+
+use fuser::MountOption;
+
+use crate::fs::FsConfig;
+use crate::store::FormatOptions;
+
+/// Everything `mmapfs mount` needs.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// The store directory. Default `~/.local/share/mmapfs/default`.
+    pub store: PathBuf,
+    /// Where to mount; created if missing.
+    pub mountpoint: PathBuf,
+    /// Request loops (fuser `n_threads`). Default: the number of cores.
+    pub threads: usize,
+    /// Options handed to the kernel. Default: `default_permissions`, `fsname`, `subtype`.
+    pub kernel: Vec<MountOption>,
+    /// Let other users in (`allow_other`). Default off.
+    pub allow_other: bool,
+    /// How the adapter talks to the kernel.
+    pub fs: FsConfig,
+    /// Geometry for a store created by this mount. Default 64 MiB segments, 16 GiB.
+    pub format: FormatOptions,
+}
+
+/// Parses a size such as `64M`, `16G`, `4096` (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("bad size {s:?}: {e}"))
+}
+
+/// The default store directory.
+pub fn default_store() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    base.join("mmapfs").join("default")
+}
+
+impl MountConfig {
+    /// A configuration with defaults for everything but the paths.
+    pub fn new(store: PathBuf, mountpoint: PathBuf) -> MountConfig {
+        MountConfig {
+            store,
+            mountpoint,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            kernel: vec![
+                MountOption::FSName("mmapfs".into()),
+                MountOption::Subtype("mmapfs".into()),
+                MountOption::DefaultPermissions,
+            ],
+            allow_other: false,
+            fs: FsConfig::default(),
+            format: FormatOptions::default(),
+        }
+    }
+
+    /// Applies one `-o` argument: comma-separated kernel and mmapfs options.
+    pub fn apply_options(&mut self, opts: &str) -> Result<(), String> {
+        for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let kernel = match o {
+                "allow_other" => {
+                    self.allow_other = true;
+                    continue;
+                }
+                "default_permissions" => MountOption::DefaultPermissions,
+                "no_default_permissions" => {
+                    self.kernel.retain(|k| *k != MountOption::DefaultPermissions);
+                    continue;
+                }
+                "writeback_cache" => {
+                    self.fs.writeback_cache = true;
+                    continue;
+                }
+                "direct_io" => {
+                    self.fs.direct_io = true;
+                    continue;
+                }
+                "ro" => MountOption::RO,
+                "rw" => MountOption::RW,
+                "dev" => MountOption::Dev,
+                "nodev" => MountOption::NoDev,
+                "suid" => MountOption::Suid,
+                "nosuid" => MountOption::NoSuid,
+                "exec" => MountOption::Exec,
+                "noexec" => MountOption::NoExec,
+                "atime" => MountOption::Atime,
+                "noatime" => MountOption::NoAtime,
+                "sync" => MountOption::Sync,
+                "async" => MountOption::Async,
+                "dirsync" => MountOption::DirSync,
+                _ => {
+                    if let Some(v) = o.strip_prefix("fsname=") {
+                        self.kernel.retain(|k| !matches!(k, MountOption::FSName(_)));
+                        MountOption::FSName(v.into())
+                    } else if let Some(v) = o.strip_prefix("max_write=") {
+                        let n = parse_size(v)?;
+                        if n < 4096 || n > 16 << 20 {
+                            return Err(format!("max_write={v}: must be between 4K and 16M"));
+                        }
+                        self.fs.max_write = n as u32;
+                        continue;
+                    } else {
+                        return Err(format!("unknown mount option {o:?}"));
+                    }
+                }
+            };
+            // A later flag overrides its opposite (e.g. `ro` after `rw`).
+            let opposite = |k: &MountOption| match (k, &kernel) {
+                (MountOption::RO, MountOption::RW) | (MountOption::RW, MountOption::RO) => true,
+                (MountOption::Dev, MountOption::NoDev) | (MountOption::NoDev, MountOption::Dev) => true,
+                (MountOption::Suid, MountOption::NoSuid) | (MountOption::NoSuid, MountOption::Suid) => true,
+                (MountOption::Exec, MountOption::NoExec) | (MountOption::NoExec, MountOption::Exec) => true,
+                (MountOption::Atime, MountOption::NoAtime) | (MountOption::NoAtime, MountOption::Atime) => true,
+                (MountOption::Sync, MountOption::Async) | (MountOption::Async, MountOption::Sync) => true,
+                _ => false,
+            };
+            self.kernel.retain(|k| k != &kernel && !opposite(k));
+            self.kernel.push(kernel);
+        }
+        Ok(())
+    }
+
+    /// Checks the configuration as a whole.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.threads == 0 || self.threads > 256 {
+            return Err(format!("--threads {}: must be between 1 and 256", self.threads));
+        }
+        if self.fs.writeback_cache && self.fs.direct_io {
+            return Err("writeback_cache and direct_io exclude each other".into());
+        }
+        let f = self.format;
+        if f.segment_size == 0 || f.segment_size % 4096 != 0 {
+            return Err(format!("--segment-size {}: must be a positive multiple of 4K", f.segment_size));
+        }
+        if f.capacity < f.segment_size {
+            return Err(format!("--capacity {} is smaller than one segment ({})", f.capacity, f.segment_size));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let mut c = MountConfig::new("s".into(), "m".into());
+        c.apply_options("allow_other,ro,noatime, writeback_cache,max_write=128K").unwrap();
+        assert!(c.allow_other && c.fs.writeback_cache);
+        assert_eq!(c.fs.max_write, 128 << 10);
+        assert!(c.kernel.contains(&MountOption::RO) && c.kernel.contains(&MountOption::NoAtime));
+        assert!(c.kernel.contains(&MountOption::DefaultPermissions));
+        c.apply_options("rw,no_default_permissions").unwrap();
+        assert!(!c.kernel.contains(&MountOption::RO) && c.kernel.contains(&MountOption::RW));
+        assert!(!c.kernel.contains(&MountOption::DefaultPermissions));
+        assert!(c.apply_options("bogus").unwrap_err().contains("bogus"));
+        assert!(c.apply_options("max_write=1").is_err());
+        c.apply_options("direct_io").unwrap();
+        assert!(c.validate().is_err(), "writeback_cache with direct_io");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("16G").unwrap(), 16 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,403 @@
+//! The FUSE adapter: decodes each request, calls the store once, replies. No storage logic
+//! lives here; errno mapping happens in exactly one place (`errno`).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::store::meta::{Attr, Kind, Ts};
+use crate::store::{Error, NAME_MAX, SetAttr, Store};
+
+/// How the adapter talks to the kernel.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// How long the kernel may cache attributes and entries. Default 1 s: mmapfs is the only
+    /// writer of its store, so cached attributes can only go stale through our own replies.
+    pub ttl: Duration,
+    /// Let the kernel cache writes (FUSE_WRITEBACK_CACHE). Default off.
+    pub writeback_cache: bool,
+    /// Bypass the page cache for read/write (FOPEN_DIRECT_IO), shared mmap still allowed. Default off.
+    pub direct_io: bool,
+    /// Largest write request. Default 1 MiB.
+    pub max_write: u32,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig { ttl: Duration::from_secs(1), writeback_cache: false, direct_io: false, max_write: 1 << 20 }
+    }
+}
+
+/// The `fuser::Filesystem` of a mounted store.
+pub struct MmapFs {
+    store: Arc<Store>,
+    cfg: FsConfig,
+    next_fh: AtomicU64,
+}
+
+impl MmapFs {
+    pub fn new(store: Arc<Store>, cfg: FsConfig) -> MmapFs {
+        MmapFs { store, cfg, next_fh: AtomicU64::new(1) }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let bs = self.store.superblock().block_size;
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.blocks * (bs as u64 / 512),
+            atime: a.atime.into(),
+            mtime: a.mtime.into(),
+            ctime: a.ctime.into(),
+            crtime: a.ctime.into(),
+            kind: file_type(a.kind),
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: bs,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Error>) {
+        match r {
+            Ok(a) => reply.entry(&self.cfg.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open_flags(&self) -> FopenFlags {
+        // KEEP_CACHE: an open must not drop the pages other processes have mapped.
+        let mut f = FopenFlags::FOPEN_KEEP_CACHE;
+        if self.cfg.direct_io {
+            f |= FopenFlags::FOPEN_DIRECT_IO;
+        }
+        f
+    }
+
+    fn fh(&self) -> FileHandle {
+        FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The one place store errors become errnos.
+fn errno(e: &Error) -> Errno {
+    if let Error::Io(io) = e {
+        log::warn!("request failed: {io}");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), Error>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn kind_of_mode(mode: u32) -> Option<Kind> {
+    Some(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => Kind::File,
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFLNK => Kind::Symlink,
+        libc::S_IFIFO => Kind::Fifo,
+        libc::S_IFSOCK => Kind::Socket,
+        libc::S_IFCHR => Kind::CharDev,
+        libc::S_IFBLK => Kind::BlockDev,
+        _ => return None,
+    })
+}
+
+fn time(t: Option<TimeOrNow>) -> Option<Ts> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(s) => s.into(),
+        TimeOrNow::Now => Ts::now(),
+    })
+}
+
+impl Filesystem for MmapFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(self.cfg.max_write);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        let caps = config.capabilities();
+        // EXPLICIT_INVAL_DATA: a size change truncates the cache past EOF but never drops the
+        // pages before it; we are the only writer, so nothing else could make them stale.
+        let mut want = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_EXPLICIT_INVAL_DATA;
+        if self.cfg.writeback_cache {
+            want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        if self.cfg.direct_io {
+            want |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        }
+        if let Err(missing) = config.add_capabilities(want & caps) {
+            log::warn!("kernel lacks FUSE capabilities {missing:?}");
+        }
+        for (flag, what) in [
+            (InitFlags::FUSE_WRITEBACK_CACHE, "writeback_cache"),
+            (InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP, "direct_io with shared mmap"),
+        ] {
+            if want.contains(flag) && !caps.contains(flag) {
+                return Err(std::io::Error::other(format!("the kernel does not support {what}")));
+            }
+        }
+        log::info!("FUSE session ready (kernel ABI {:?})", config.kernel_abi());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.store.lookup(parent.0, name.as_bytes()));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.store.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.store.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.cfg.ttl, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime), ctime: ctime.map(Ts::from) };
+        match self.store.setattr(ino.0, s) {
+            Ok(a) => reply.attr(&self.cfg.ttl, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.store.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = kind_of_mode(mode).filter(|k| !matches!(k, Kind::Dir | Kind::Symlink)) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self.store.create(parent.0, name.as_bytes(), kind, mode as u16, req.uid(), req.gid(), rdev, b"");
+        self.entry(reply, r);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let r = self.store.create(parent.0, name.as_bytes(), Kind::Dir, mode as u16, req.uid(), req.gid(), 0, b"");
+        self.entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.store.unlink(parent.0, name.as_bytes(), false));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.store.unlink(parent.0, name.as_bytes(), true));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let t = target.as_os_str().as_bytes();
+        if t.len() >= libc::PATH_MAX as usize {
+            return reply.error(Errno::ENAMETOOLONG);
+        }
+        let r = self.store.create(parent.0, link_name.as_bytes(), Kind::Symlink, 0o777, req.uid(), req.gid(), 0, t);
+        self.entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        empty(reply, self.store.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), noreplace));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.store.open_file(ino.0) {
+            Ok(_) => reply.opened(self.fh(), self.open_flags()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self
+            .store
+            .create(parent.0, name.as_bytes(), Kind::File, mode as u16, req.uid(), req.gid(), 0, b"")
+            .and_then(|a| self.store.open_file(a.ino));
+        match r {
+            Ok(a) => reply.created(&self.cfg.ttl, &self.attr(&a), Generation(0), self.fh(), self.open_flags()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut reply = Some(reply);
+        let r = self.store.read(ino.0, offset, size, |bytes| {
+            if let Some(r) = reply.take() {
+                r.data(bytes);
+            }
+        });
+        if let (Err(e), Some(r)) = (r, reply.take()) {
+            r.error(errno(&e));
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.store.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // close(2) promises no durability; fsync does.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.store.release(ino.0));
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        empty(reply, self.store.fsync(ino.0));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.store.getattr(ino.0) {
+            Ok(a) if a.kind == Kind::Dir => reply.opened(self.fh(), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let r = self.store.readdir(ino.0, offset, |ino, off, kind, name| {
+            reply.add(INodeNo(ino), off, file_type(kind), OsStr::from_bytes(name))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        empty(reply, self.store.sync_journal());
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.store.statfs();
+        reply.statfs(
+            s.blocks,
+            s.free_blocks,
+            s.free_blocks,
+            s.files,
+            s.free_files,
+            s.block_size,
+            NAME_MAX as u32,
+            s.block_size,
+        );
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel checks; this only confirms the inode exists.
+        empty(reply, self.store.getattr(ino.0).map(|_| ()));
+    }
+}

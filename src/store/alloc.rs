@@ -1,0 +1,268 @@
+//! Block allocator over the store's segments: free runs kept in an ordered map, pure logic.
+//!
+//! Blocks are addressed globally (`segment * blocks_per_segment + block`). A run never crosses
+//! a segment boundary because each segment is a separate mapping. The allocator is rebuilt at
+//! mount from the extent maps (the journal records extents, never the allocator itself).
+
+use std::collections::BTreeMap;
+
+/// A global block number: `segment * blocks_per_segment + block within segment`.
+pub type BlockNo = u64;
+
+/// A run of free or allocated blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub start: BlockNo,
+    pub len: u64,
+}
+
+/// Why the allocator could not be rebuilt from a set of used runs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RebuildError {
+    /// Two runs claim the same block.
+    Overlap(BlockNo),
+    /// A run lies outside the existing segments.
+    OutOfRange(BlockNo),
+}
+
+/// Free-space map of the segments that exist.
+#[derive(Debug)]
+pub struct Allocator {
+    /// Free runs, start → length; adjacent runs inside one segment are always merged.
+    free: BTreeMap<BlockNo, u64>,
+    free_blocks: u64,
+    blocks_per_segment: u64,
+    segments: u64,
+    /// Where the last allocation ended: next-fit keeps unrelated files apart and fresh
+    /// sequential writers on contiguous runs.
+    cursor: BlockNo,
+}
+
+impl Allocator {
+    /// An allocator with `segments` segments, all free.
+    pub fn new(blocks_per_segment: u64, segments: u64) -> Allocator {
+        let mut a = Allocator {
+            free: BTreeMap::new(),
+            free_blocks: 0,
+            blocks_per_segment,
+            segments: 0,
+            cursor: 0,
+        };
+        for _ in 0..segments {
+            a.add_segment();
+        }
+        a
+    }
+
+    /// Rebuilds the free map from the runs in use; fails if they overlap or overflow.
+    pub fn from_used(
+        blocks_per_segment: u64,
+        segments: u64,
+        mut used: Vec<Run>,
+    ) -> Result<Allocator, RebuildError> {
+        used.sort_unstable_by_key(|r| r.start);
+        let end = segments * blocks_per_segment;
+        let mut a = Allocator::new(blocks_per_segment, 0);
+        a.segments = segments;
+        let mut next = 0;
+        for r in used.iter().filter(|r| r.len > 0) {
+            if r.start < next {
+                return Err(RebuildError::Overlap(r.start));
+            }
+            if r.start + r.len > end {
+                return Err(RebuildError::OutOfRange(r.start));
+            }
+            a.insert_free(next, r.start - next);
+            next = r.start + r.len;
+        }
+        a.insert_free(next, end - next);
+        Ok(a)
+    }
+
+    /// Number of segments the allocator manages.
+    pub fn segments(&self) -> u64 {
+        self.segments
+    }
+
+    /// Free blocks in the existing segments.
+    pub fn free_blocks(&self) -> u64 {
+        self.free_blocks
+    }
+
+    /// Adds the next segment's blocks as free space; returns its index.
+    pub fn add_segment(&mut self) -> u64 {
+        let idx = self.segments;
+        self.segments += 1;
+        self.insert_free(idx * self.blocks_per_segment, self.blocks_per_segment);
+        idx
+    }
+
+    /// Allocates up to `want` contiguous blocks, starting at `hint` if that block is free
+    /// (so a growing file stays contiguous). Returns `None` when no block is free.
+    pub fn alloc(&mut self, want: u64, hint: Option<BlockNo>) -> Option<Run> {
+        debug_assert!(want > 0);
+        if let Some(h) = hint {
+            if let Some((&s, &l)) = self.free.range(..=h).next_back() {
+                if h < s + l {
+                    return Some(self.take(s, l, h, want));
+                }
+            }
+        }
+        // Next-fit: the first run from the cursor that holds the whole request, else the first
+        // run at all (a partial allocation; the caller asks again for the rest).
+        let fit = self
+            .free
+            .range(self.cursor..)
+            .chain(self.free.range(..self.cursor))
+            .find(|&(_, &l)| l >= want)
+            .or_else(|| self.free.iter().max_by_key(|&(_, &l)| l))
+            .map(|(&s, &l)| (s, l));
+        let (s, l) = fit?;
+        Some(self.take(s, l, s, want))
+    }
+
+    /// Takes `min(want, …)` blocks at `at` out of the free run `s..s+l`.
+    fn take(&mut self, s: BlockNo, l: u64, at: BlockNo, want: u64) -> Run {
+        let len = want.min(s + l - at);
+        self.free.remove(&s);
+        if at > s {
+            self.free.insert(s, at - s);
+        }
+        if at + len < s + l {
+            self.free.insert(at + len, s + l - at - len);
+        }
+        self.free_blocks -= len;
+        self.cursor = at + len;
+        Run { start: at, len }
+    }
+
+    /// Returns a run to the free map.
+    pub fn free(&mut self, run: Run) {
+        if run.len > 0 {
+            self.insert_free(run.start, run.len);
+        }
+    }
+
+    /// Adds free space, split at segment boundaries.
+    fn insert_free(&mut self, mut start: BlockNo, mut len: u64) {
+        while len > 0 {
+            let seg_end = (start / self.blocks_per_segment + 1) * self.blocks_per_segment;
+            let piece = len.min(seg_end - start);
+            self.insert_piece(start, piece);
+            start += piece;
+            len -= piece;
+        }
+    }
+
+    /// Adds free space inside one segment, merging with its neighbours there.
+    fn insert_piece(&mut self, mut start: BlockNo, mut len: u64) {
+        debug_assert!(
+            self.free.range(..start + len).next_back().is_none_or(|(&s, &l)| s + l <= start),
+            "double free of block {start}"
+        );
+        self.free_blocks += len;
+        let seg = start / self.blocks_per_segment;
+        // Merge with the run before and after, but never across a segment boundary.
+        if let Some((&s, &l)) = self.free.range(..start).next_back() {
+            if s + l == start && s / self.blocks_per_segment == seg {
+                self.free.remove(&s);
+                start = s;
+                len += l;
+            }
+        }
+        let end = start + len;
+        if let Some(&l) = self.free.get(&end) {
+            if end / self.blocks_per_segment == seg {
+                self.free.remove(&end);
+                len += l;
+            }
+        }
+        self.free.insert(start, len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(start: u64, len: u64) -> Run {
+        Run { start, len }
+    }
+
+    #[test]
+    fn contiguous_allocation_and_hint() {
+        let mut a = Allocator::new(100, 1);
+        assert_eq!(a.alloc(10, None), Some(run(0, 10)));
+        // The hint extends the previous run.
+        assert_eq!(a.alloc(5, Some(10)), Some(run(10, 5)));
+        assert_eq!(a.free_blocks(), 85);
+        // A hint on a used block falls back to next-fit.
+        assert_eq!(a.alloc(5, Some(3)), Some(run(15, 5)));
+    }
+
+    #[test]
+    fn freed_blocks_are_reused_and_merged() {
+        let mut a = Allocator::new(100, 1);
+        let r1 = a.alloc(40, None).unwrap();
+        let r2 = a.alloc(40, None).unwrap();
+        let _r3 = a.alloc(20, None).unwrap();
+        assert_eq!(a.alloc(1, None), None);
+        a.free(r1);
+        a.free(r2);
+        assert_eq!(a.free_blocks(), 80);
+        // Merged into one 80-block run.
+        assert_eq!(a.alloc(80, None), Some(run(0, 80)));
+    }
+
+    #[test]
+    fn runs_never_cross_segments() {
+        let mut a = Allocator::new(10, 2);
+        assert_eq!(a.alloc(8, None), Some(run(0, 8)));
+        // 2 left in segment 0, 10 in segment 1: a 12-block request gets one segment's run.
+        let r = a.alloc(12, None).unwrap();
+        assert!(r.len <= 10 && (r.start / 10) == ((r.start + r.len - 1) / 10));
+        let b = Allocator::from_used(10, 3, vec![]).unwrap();
+        assert_eq!(b.free.len(), 3, "runs of different segments must stay apart");
+        assert_eq!(b.free_blocks(), 30);
+    }
+
+    #[test]
+    fn partial_when_fragmented() {
+        let mut a = Allocator::new(10, 1);
+        let rs: Vec<Run> = (0..10).map(|_| a.alloc(1, None).unwrap()).collect();
+        a.free(rs[2]);
+        a.free(rs[5]);
+        a.free(rs[6]);
+        let r = a.alloc(3, None).unwrap();
+        assert_eq!(r, run(5, 2), "largest run when none fits");
+        assert_eq!(a.alloc(3, None), Some(run(2, 1)));
+        assert_eq!(a.alloc(1, None), None);
+    }
+
+    #[test]
+    fn add_segment_grows() {
+        let mut a = Allocator::new(4, 0);
+        assert_eq!(a.alloc(1, None), None);
+        assert_eq!(a.add_segment(), 0);
+        assert_eq!(a.alloc(4, None), Some(run(0, 4)));
+        assert_eq!(a.add_segment(), 1);
+        assert_eq!(a.alloc(4, None), Some(run(4, 4)));
+        assert_eq!(a.segments(), 2);
+    }
+
+    #[test]
+    fn rebuild_from_used() {
+        let a = Allocator::from_used(10, 2, vec![run(12, 3), run(0, 5)]).unwrap();
+        assert_eq!(a.free_blocks(), 12);
+        let mut a = a;
+        assert_eq!(a.alloc(5, Some(5)), Some(run(5, 5)));
+        assert_eq!(
+            Allocator::from_used(10, 1, vec![run(0, 5), run(4, 2)]).unwrap_err(),
+            RebuildError::Overlap(4)
+        );
+        assert_eq!(
+            Allocator::from_used(10, 1, vec![run(8, 5)]).unwrap_err(),
+            RebuildError::OutOfRange(8)
+        );
+    }
+}

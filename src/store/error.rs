@@ -1,0 +1,88 @@
+//! The store's error type: request errors (each one errno) and open-time refusals.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Everything a store operation can fail with.
+#[derive(Debug)]
+pub enum Error {
+    /// No such entry or inode (ENOENT).
+    NotFound,
+    /// The name exists (EEXIST).
+    Exists,
+    /// Directory not empty (ENOTEMPTY).
+    NotEmpty,
+    /// A path component or target is not a directory (ENOTDIR).
+    NotDir,
+    /// The target is a directory (EISDIR).
+    IsDir,
+    /// A name longer than 255 bytes (ENAMETOOLONG).
+    NameTooLong,
+    /// The capacity is used up (ENOSPC).
+    NoSpace,
+    /// An argument makes no sense (EINVAL).
+    Invalid,
+    /// Beyond the largest file size (EFBIG).
+    TooBig,
+    /// Not supported by this operation or kind (EOPNOTSUPP).
+    Unsupported,
+    /// An I/O error of the store's own files; also sticky after a failed msync (EIO).
+    Io(io::Error),
+    /// The directory is not an mmapfs store.
+    NotAStore(PathBuf, String),
+    /// A store of another format version.
+    Version(u32),
+    /// The store's files are damaged; mounting is refused.
+    Corrupt(String),
+    /// Another daemon has the store mounted.
+    Locked { pid: Option<u32> },
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl Error {
+    /// The errno a request that fails this way answers with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NotFound => libc::ENOENT,
+            Error::Exists => libc::EEXIST,
+            Error::NotEmpty => libc::ENOTEMPTY,
+            Error::NotDir => libc::ENOTDIR,
+            Error::IsDir => libc::EISDIR,
+            Error::NameTooLong => libc::ENAMETOOLONG,
+            Error::NoSpace => libc::ENOSPC,
+            Error::Invalid => libc::EINVAL,
+            Error::TooBig => libc::EFBIG,
+            Error::Unsupported => libc::EOPNOTSUPP,
+            Error::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => libc::ENOSPC,
+            _ => libc::EIO,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::NotAStore(p, why) => write!(f, "{} is not an mmapfs store: {why}", p.display()),
+            Error::Version(v) => write!(
+                f,
+                "the store has format version {v}; this mmapfs reads version {}",
+                super::superblock::VERSION
+            ),
+            Error::Corrupt(m) => write!(f, "the store is damaged: {m}"),
+            Error::Locked { pid: Some(pid) } => write!(f, "the store is already mounted by pid {pid}"),
+            Error::Locked { pid: None } => write!(f, "the store is already mounted by another process"),
+            other => write!(f, "{}", io::Error::from_raw_os_error(other.errno())),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
