@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use fuser::MountOption;
 
 use crate::fs::FsConfig;
-use crate::store::FormatOptions;
+use crate::store::OpenOptions;
 
 /// Everything `mmapfs mount` needs.
 #[derive(Clone, Debug)]
@@ -22,8 +22,8 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// How the adapter talks to the kernel.
     pub fs: FsConfig,
-    /// Geometry for a store created by this mount. Default 64 MiB segments, 16 GiB.
-    pub format: FormatOptions,
+    /// How to open the store (geometry if it is created, journal limit).
+    pub store_opts: OpenOptions,
 }
 
 /// Parses a size such as `64M`, `16G`, `4096` (binary multiples).
@@ -54,7 +54,7 @@ impl MountConfig {
             ],
             allow_other: false,
             fs: FsConfig::default(),
-            format: FormatOptions::default(),
+            store_opts: OpenOptions::default(),
         }
     }
 
@@ -132,7 +132,10 @@ impl MountConfig {
         if self.fs.writeback_cache && self.fs.direct_io {
             return Err("writeback_cache and direct_io exclude each other".into());
         }
-        let f = self.format;
+        let f = self.store_opts.format;
+        if self.store_opts.journal_limit < 4096 {
+            return Err("--journal-limit must be at least 4K".into());
+        }
         if f.segment_size == 0 || f.segment_size % 4096 != 0 {
             return Err(format!("--segment-size {}: must be a positive multiple of 4K", f.segment_size));
         }

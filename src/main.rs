@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use mmapfs::config::{MountConfig, default_store, parse_size};
 use mmapfs::fs::MmapFs;
-use mmapfs::store::{self, FormatOptions, Store};
+use mmapfs::store::{self, FormatOptions, OpenOptions, Store};
 
 #[derive(Parser)]
 #[command(name = "mmapfs", version, about = "A FUSE filesystem whose file data lives in memory-mapped segment files")]
@@ -40,6 +40,9 @@ enum Cmd {
         /// Capacity for a store created by this mount
         #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16G")]
         capacity: u64,
+        /// Journal size that triggers a checkpoint (bounds mount time)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "32M")]
+        journal_limit: u64,
     },
     /// Create an empty store in DIR (which must not exist or be empty).
     Format {
@@ -60,9 +63,9 @@ fn main() -> ExitCode {
         Cmd::Format { dir, segment_size, capacity } => {
             store::format(&dir, FormatOptions { segment_size, capacity }).map_err(|e| e.to_string())
         }
-        Cmd::Mount { store, mountpoint, options, threads, segment_size, capacity } => {
+        Cmd::Mount { store, mountpoint, options, threads, segment_size, capacity, journal_limit } => {
             let mut cfg = MountConfig::new(store.unwrap_or_else(default_store), mountpoint);
-            cfg.format = FormatOptions { segment_size, capacity };
+            cfg.store_opts = OpenOptions { format: FormatOptions { segment_size, capacity }, journal_limit };
             if let Some(t) = threads {
                 cfg.threads = t;
             }
@@ -147,7 +150,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     // SAFETY: the set is initialised; the old mask is not needed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
-    let store = Arc::new(Store::open(&store_dir, cfg.format).map_err(|e| format!("{}: {e}", store_dir.display()))?);
+    let store = Arc::new(Store::open(&store_dir, cfg.store_opts).map_err(|e| format!("{}: {e}", store_dir.display()))?);
     let mut fc = fuser::Config::default();
     fc.mount_options = cfg.kernel.clone();
     fc.acl = if cfg.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };

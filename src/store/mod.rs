@@ -18,7 +18,7 @@ pub mod superblock;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -34,8 +34,6 @@ use superblock::Superblock;
 
 /// Longest name in a directory.
 pub const NAME_MAX: usize = 255;
-/// Journal size that triggers a checkpoint: bounds the replay work at mount.
-const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// Shards of the inode table: enough that threads on different files rarely meet.
 const SHARDS: usize = 64;
 
@@ -53,6 +51,21 @@ pub struct FormatOptions {
 impl Default for FormatOptions {
     fn default() -> Self {
         FormatOptions { segment_size: 64 << 20, capacity: 16 << 30 }
+    }
+}
+
+/// How to open a store.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    /// Geometry of a store created because the directory was missing or empty.
+    pub format: FormatOptions,
+    /// Journal size that triggers a checkpoint; bounds the replay work at mount. Default 32 MiB.
+    pub journal_limit: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { format: FormatOptions::default(), journal_limit: 32 << 20 }
     }
 }
 
@@ -99,6 +112,7 @@ pub struct Store {
     ns: Mutex<()>,
     checkpointing: Mutex<()>,
     next_ino: AtomicU64,
+    journal_limit: u64,
     /// Set when an msync failed: every later fsync reports EIO until the store is reopened.
     failed: AtomicBool,
     pub counters: Counters,
@@ -185,29 +199,34 @@ pub fn read_superblock(dir: &Path) -> Result<Superblock> {
 
 /// Takes the store's lock file, or reports who holds it.
 fn take_lock(dir: &Path) -> Result<File> {
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("lock"))?;
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("lock"))?;
     // SAFETY: flock on an fd we own; no memory is passed.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut s = String::new();
         let _ = f.read_to_string(&mut s);
         return Err(Error::Locked { pid: s.trim().parse().ok() });
     }
+    Ok(f)
+}
+
+/// Records our pid in the lock file, once the store has been accepted.
+fn write_pid(mut f: &File) -> Result<()> {
     f.set_len(0)?;
     f.seek(std::io::SeekFrom::Start(0))?;
     writeln!(f, "{}", std::process::id())?;
-    Ok(f)
+    Ok(())
 }
 
 impl Store {
     /// Opens the store in `dir`, creating it with `fmt` if `dir` is missing or empty.
-    pub fn open(dir: &Path, fmt: FormatOptions) -> Result<Store> {
+    pub fn open(dir: &Path, opts: OpenOptions) -> Result<Store> {
         let fresh = match std::fs::read_dir(dir) {
             Ok(mut it) => it.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(e.into()),
         };
         if fresh {
-            format(dir, fmt)?;
+            format(dir, opts.format)?;
         }
         let sb = read_superblock(dir)?;
         let lock_file = take_lock(dir)?;
@@ -293,10 +312,12 @@ impl Store {
             ns: Mutex::new(()),
             checkpointing: Mutex::new(()),
             next_ino: AtomicU64::new(next_ino),
+            journal_limit: opts.journal_limit,
             failed: AtomicBool::new(false),
             counters: Counters::default(),
             _lock: lock_file,
         };
+        write_pid(&store._lock)?;
         store.free_orphans()?;
         log::info!(
             "opened store {}: {n_inodes} inodes in the checkpoint, {records} journal records replayed, {} segments, in {:?}",
@@ -381,7 +402,7 @@ impl Store {
 
     /// Takes a checkpoint if the journal has grown past its budget.
     fn maybe_checkpoint(&self) {
-        if self.journal.bytes() > CHECKPOINT_BYTES {
+        if self.journal.bytes() > self.journal_limit {
             if let Err(e) = self.checkpoint() {
                 log::error!("checkpoint failed: {e}");
             }
@@ -794,7 +815,7 @@ impl Store {
         let mut pieces = 0;
         x.pieces(first, last, |p| {
             pieces += 1;
-            if let Piece::Mapped { logical, phys, .. } = p {
+            if let (1, Piece::Mapped { logical, phys, .. }) = (pieces, p) {
                 single = Some(phys * bs + (off - logical * bs));
             }
         });

@@ -1,0 +1,212 @@
+//! Test harness: runs the real `mmapfs` binary on a temporary store and mountpoint.
+//! `Mounted` unmounts in `Drop`, so a failing test leaks neither a mount nor a daemon.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mmapfs");
+
+/// A running daemon with its store and mountpoint.
+pub struct Mounted {
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// True if `mnt` is a mountpoint in this namespace.
+pub fn is_mounted(mnt: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mnt.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&want))
+}
+
+/// Detaches a (possibly dead) mount: umount2 as root, fusermount3 otherwise.
+pub fn lazy_umount(mnt: &Path) {
+    let c = CString::new(mnt.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let _ = Command::new("fusermount3").arg("-uz").arg(mnt).status();
+    }
+}
+
+impl Mounted {
+    /// A fresh store in a new temporary directory, mounted with `args` (e.g. `-o`, `--capacity`).
+    pub fn new(args: &[&str]) -> Mounted {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("store");
+        let mnt = tmp.path().join("mnt");
+        let mut m = Mounted {
+            store,
+            mnt,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: tmp.path().join("daemon.log"),
+            _tmp: Some(tmp),
+        };
+        m.start().expect("mount");
+        m
+    }
+
+    /// Starts the daemon again on the same store and mountpoint.
+    pub fn start(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "already running");
+        let log = File::options().create(true).append(true).open(&self.log).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("mount")
+            .arg("--store")
+            .arg(&self.store)
+            .arg(&self.mnt)
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The mountpoint may not exist yet; compare canonical paths once it does.
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("daemon exited with {status}: {}", self.log()));
+            }
+            if let Ok(c) = self.mnt.canonicalize() {
+                if is_mounted(&c) {
+                    self.mnt = c;
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("mount did not appear: {}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM and wait: the daemon must unmount and exit 0.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("daemon did not exit after SIGTERM");
+        assert!(status.success(), "daemon exit status {status}: {}", self.log());
+        assert!(!is_mounted(&self.mnt), "still mounted after SIGTERM");
+    }
+
+    /// `kill -9` the daemon and clear the dead mount.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        lazy_umount(&self.mnt);
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start().expect("remount");
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- daemon log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) of our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if is_mounted(&self.mnt) {
+            lazy_umount(&self.mnt);
+        }
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the binary with `args` (no daemon), returning (success, stderr).
+pub fn run(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).env("RUST_LOG", "warn").output().expect("run mmapfs");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce from a printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn seeded() -> Rng {
+        let seed = std::env::var("MMAPFS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        eprintln!("seed {seed} (rerun with MMAPFS_SEED={seed})");
+        Rng(seed | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// errno of the last failed libc call.
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}

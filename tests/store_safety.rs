@@ -1,0 +1,177 @@
+//! Bad input gets a clear error and never damages a store: a full store answers ENOSPC and
+//! keeps its contents; a second mount of a mounted store is refused naming the holder's pid;
+//! a corrupt superblock, a corrupt journal record, a foreign directory or a store of another
+//! format version are refused without a byte of them changed; bad CLI options are refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use common::{Mounted, run};
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                m.insert(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned(), fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    m
+}
+
+fn mount_fails(m: &mut Mounted) -> String {
+    match m.start() {
+        Ok(()) => panic!("mount should have been refused"),
+        Err(log) => log,
+    }
+}
+
+#[test]
+fn full_store_answers_enospc_and_keeps_its_data() {
+    let mut m = Mounted::new(&["--capacity", "8M", "--segment-size", "4M"]);
+    fs::write(m.path("keep"), vec![0x5a; 3 << 20]).unwrap();
+    let mut f = OpenOptions::new().write(true).create(true).open(m.path("filler")).unwrap();
+    let chunk = vec![0x77u8; 256 << 10];
+    let mut written = 0;
+    let e = loop {
+        match f.write_all(&chunk) {
+            Ok(()) => written += chunk.len(),
+            Err(e) => break e,
+        }
+        assert!(written < 16 << 20, "capacity not enforced");
+    };
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    assert!(written >= 4 << 20, "only {written} bytes fit");
+    drop(f);
+    // Overwrites of stored blocks still work on a full store; new blocks do not.
+    OpenOptions::new().write(true).open(m.path("keep")).unwrap().write_all(b"head").unwrap();
+    assert_eq!(fs::write(m.path("new"), vec![1u8; 1 << 20]).unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    m.restart();
+    let keep = fs::read(m.path("keep")).unwrap();
+    assert_eq!(&keep[..4], b"head");
+    assert!(keep[4..].iter().all(|&b| b == 0x5a) && keep.len() == 3 << 20);
+    let filler = fs::read(m.path("filler")).unwrap();
+    assert_eq!(filler.len(), written);
+    assert!(filler.iter().all(|&b| b == 0x77));
+    // Space comes back once files go.
+    fs::remove_file(m.path("filler")).unwrap();
+    fs::write(m.path("new"), vec![1u8; 1 << 20]).unwrap();
+}
+
+#[test]
+fn second_mount_is_refused_with_the_holders_pid() {
+    let m = Mounted::new(&[]);
+    let other = m.store.parent().unwrap().join("mnt2");
+    let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), m.store.as_os_str(), other.as_os_str()]);
+    assert!(!ok);
+    assert!(err.contains("already mounted") && err.contains(&m.pid().to_string()), "{err}");
+}
+
+#[test]
+fn corrupt_superblock_is_refused_untouched() {
+    let mut m = Mounted::new(&[]);
+    fs::write(m.path("f"), b"data").unwrap();
+    m.stop();
+    let sb = m.store.join("superblock");
+    let mut bytes = fs::read(&sb).unwrap();
+    bytes[33] ^= 0x10; // inside the segment size
+    fs::write(&sb, &bytes).unwrap();
+    let before = snapshot(&m.store);
+    let log = mount_fails(&mut m);
+    assert!(log.contains("damaged") && log.contains("superblock"), "{log}");
+    assert!(snapshot(&m.store) == before, "a refused store was modified");
+}
+
+#[test]
+fn corrupt_journal_record_is_refused_untouched() {
+    let mut m = Mounted::new(&[]);
+    for i in 0..20 {
+        fs::write(m.path(&format!("f{i}")), b"data").unwrap();
+    }
+    m.kill9(); // no clean checkpoint: the records stay in the journal
+    let journal = fs::read_dir(m.store.join("meta"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("journal-"))
+        .unwrap();
+    let mut bytes = fs::read(&journal).unwrap();
+    assert!(bytes.len() > 500, "journal should hold the records");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&journal, &bytes).unwrap();
+    let before = snapshot(&m.store);
+    let log = mount_fails(&mut m);
+    assert!(log.contains("damaged") && log.contains("journal") && log.contains("checksum"), "{log}");
+    assert!(snapshot(&m.store) == before, "a refused store was modified");
+}
+
+#[test]
+fn foreign_directories_and_other_versions_are_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tmp.path().join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("notes.txt"), b"my precious data").unwrap();
+    let before = snapshot(&foreign);
+    let mnt = tmp.path().join("mnt");
+    let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), foreign.as_os_str(), mnt.as_os_str()]);
+    assert!(!ok && err.contains("not an mmapfs store"), "{err}");
+    assert!(snapshot(&foreign) == before);
+    let (ok, err) = run(&[OsStr::new("format"), foreign.as_os_str()]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+    assert!(snapshot(&foreign) == before);
+
+    // A store written by a future format version.
+    let store = tmp.path().join("v2");
+    let (ok, err) = run(&[OsStr::new("format"), store.as_os_str(), OsStr::new("--segment-size"), OsStr::new("1M"), OsStr::new("--capacity"), OsStr::new("4M")]);
+    assert!(ok, "{err}");
+    let sb = store.join("superblock");
+    let mut bytes = fs::read(&sb).unwrap();
+    bytes[8] = 2;
+    fs::write(&sb, &bytes).unwrap();
+    let before = snapshot(&store);
+    let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), store.as_os_str(), mnt.as_os_str()]);
+    assert!(!ok && err.contains("format version 2"), "{err}");
+    assert!(snapshot(&store) == before);
+    assert!(!common::is_mounted(&mnt));
+}
+
+#[test]
+fn bad_cli_input_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    let mnt = tmp.path().join("m");
+    let cases: &[(&[&str], &str)] = &[
+        (&["-o", "frobnicate"], "unknown mount option"),
+        (&["--threads", "0"], "--threads"),
+        (&["--capacity", "lots"], "bad size"),
+        (&["--segment-size", "1000"], "multiple of 4K"),
+        (&["-o", "writeback_cache,direct_io"], "exclude each other"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec![OsStr::new("mount"), OsStr::new("--store"), store.as_os_str(), mnt.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
+        let (ok, err) = run(&args);
+        assert!(!ok && err.contains(want), "{extra:?}: {err}");
+        assert!(!store.exists(), "{extra:?} created the store");
+    }
+    // A store inside the mountpoint would deadlock the daemon on itself.
+    let inside = mnt.join("store");
+    let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), inside.as_os_str(), mnt.as_os_str()]);
+    assert!(!ok && err.contains("inside the mountpoint"), "{err}");
+    // A mountpoint that is a file.
+    let file = tmp.path().join("file");
+    fs::File::create(&file).unwrap().write_all(b"x").unwrap();
+    let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), store.as_os_str(), file.as_os_str()]);
+    assert!(!ok && err.contains("not a directory"), "{err}");
+}
