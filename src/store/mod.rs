@@ -15,29 +15,28 @@ pub mod journal;
 pub mod meta;
 mod segment;
 pub mod superblock;
+mod table;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use alloc::{Allocator, Run};
 pub use error::{Error, Result};
 use meta::{Attr, Content, Dir, Inode, Kind, Op, Piece, Ts};
 pub use meta::{Ino, ROOT};
 use segment::Segment;
+use table::{Node, Table};
 use superblock::Superblock;
 
 /// Longest name in a directory.
 pub const NAME_MAX: usize = 255;
-/// Shards of the inode table: enough that threads on different files rarely meet.
-const SHARDS: usize = 64;
-
-type Node = Arc<RwLock<Inode>>;
 
 /// How to create a store that does not exist yet.
 #[derive(Clone, Copy, Debug)]
@@ -107,7 +106,7 @@ pub struct Store {
     segments: Vec<OnceLock<Segment>>,
     alloc: Mutex<Allocator>,
     journal: journal::Journal,
-    table: Vec<RwLock<HashMap<Ino, Node>>>,
+    table: Table,
     gate: RwLock<()>,
     ns: Mutex<()>,
     checkpointing: Mutex<()>,
@@ -265,11 +264,10 @@ impl Store {
         let snap = checkpoint::load(&meta_dir, &sb.uuid)
             .map_err(Error::Corrupt)?
             .ok_or_else(|| Error::Corrupt("meta/checkpoint is missing".into()))?;
-        let table: Vec<RwLock<HashMap<Ino, Node>>> = (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect();
+        let table = Table::new();
         let n_inodes = snap.inodes.len();
         for inode in snap.inodes {
-            let ino = inode.attr.ino;
-            wr(&table[ino as usize % SHARDS]).insert(ino, Arc::new(RwLock::new(inode)));
+            table.insert(inode);
         }
         let bs = sb.block_size as u64;
         let mut next_ino = snap.next_ino;
@@ -285,16 +283,14 @@ impl Store {
             journal::ReplayError::Io(e) => Error::Io(e),
             journal::ReplayError::Corrupt(m) => Error::Corrupt(m),
         })?;
-        if !table[ROOT as usize % SHARDS].read().map(|s| s.contains_key(&ROOT)).unwrap_or(false) {
+        if table.get(ROOT).is_none() {
             return Err(Error::Corrupt("the root directory is missing".into()));
         }
         // Free space is whatever no extent uses.
         let mut used = Vec::new();
-        for shard in &table {
-            for node in rd(shard).values() {
-                if let Some(x) = rd(node).extents() {
-                    used.extend(x.iter().map(|e| Run { start: e.phys, len: e.len }));
-                }
+        for node in table.nodes() {
+            if let Some(x) = rd(&node).extents() {
+                used.extend(x.iter().map(|e| Run { start: e.phys, len: e.len }));
             }
         }
         let alloc = Allocator::from_used(sb.blocks_per_segment(), count as u64, used)
@@ -341,11 +337,9 @@ impl Store {
     /// Frees inodes left without links by a crash while they were open.
     fn free_orphans(&self) -> Result<()> {
         let mut orphans = Vec::new();
-        for shard in &self.table {
-            for (ino, node) in rd(shard).iter() {
-                if *ino != ROOT && rd(node).attr.nlink == 0 {
-                    orphans.push(*ino);
-                }
+        for node in self.table.nodes() {
+            if node.ino != ROOT && rd(&node).attr.nlink == 0 {
+                orphans.push(node.ino);
             }
         }
         if orphans.is_empty() {
@@ -364,16 +358,12 @@ impl Store {
         Ok(())
     }
 
-    fn shard(&self, ino: Ino) -> &RwLock<HashMap<Ino, Node>> {
-        &self.table[ino as usize % SHARDS]
-    }
-
     fn node(&self, ino: Ino) -> Result<Node> {
-        rd(self.shard(ino)).get(&ino).cloned().ok_or(Error::NotFound)
+        self.table.get(ino).ok_or(Error::NotFound)
     }
 
     fn remove_node(&self, ino: Ino) {
-        wr(self.shard(ino)).remove(&ino);
+        self.table.remove(ino);
     }
 
     fn release_blocks(&self, runs: Vec<Run>) {
@@ -416,7 +406,7 @@ impl Store {
         let (image, seq, n) = {
             let _stop = wr(&self.gate);
             let seq = self.journal.rotate()?;
-            let nodes: Vec<Node> = self.table.iter().flat_map(|s| rd(s).values().cloned().collect::<Vec<_>>()).collect();
+            let nodes = self.table.nodes();
             let live: Vec<_> = nodes.iter().map(|n| rd(n)).filter(|g| !g.freed).collect();
             let mut e = checkpoint::begin(&self.sb.uuid, seq, self.next_ino.load(Ordering::Relaxed), live.len() as u64);
             for g in &live {
@@ -512,7 +502,7 @@ impl Store {
         let mut child = meta::created_inode(&op);
         child.lookups = 1;
         let attr = child.stat();
-        wr(self.shard(ino)).insert(ino, Arc::new(RwLock::new(child)));
+        self.table.insert(child);
         drop(p);
         drop(_ns);
         drop(_g);
@@ -536,7 +526,7 @@ impl Store {
             match (rmdir, c.attr.kind == Kind::Dir) {
                 (true, false) => return Err(Error::NotDir),
                 (false, true) => return Err(Error::IsDir),
-                (true, true) if !c.dir().is_some_and(|d| d.entries.is_empty()) => return Err(Error::NotEmpty),
+                (true, true) if !c.dir().is_some_and(|d| d.is_empty()) => return Err(Error::NotEmpty),
                 _ => {}
             }
             let time = Ts::now();
@@ -591,7 +581,7 @@ impl Store {
                     (true, false) => return Err(Error::NotDir),
                     (false, true) => return Err(Error::IsDir),
                     (true, true) => {
-                        if !rd(&*self.node(d.ino)?).dir().is_some_and(|x| x.entries.is_empty()) {
+                        if !rd(&*self.node(d.ino)?).dir().is_some_and(|x| x.is_empty()) {
                             return Err(Error::NotEmpty);
                         }
                     }
@@ -666,8 +656,8 @@ impl Store {
         if offset < 2 && f(dir.parent, 2, Kind::Dir, b"..") {
             return Ok(());
         }
-        for (cookie, e) in dir.entries.range(offset.max(2) + 1..) {
-            if f(e.ino, *cookie, e.kind, &e.name) {
+        for e in dir.iter_after(offset.max(2)) {
+            if f(e.ino, e.cookie, e.kind, &e.name) {
                 break;
             }
         }
@@ -677,7 +667,7 @@ impl Store {
     pub fn statfs(&self) -> StatFs {
         let a = lock(&self.alloc);
         let unmade = self.sb.max_segments() - a.segments();
-        let files: u64 = self.table.iter().map(|s| rd(s).len() as u64).sum();
+        let files = self.table.len() as u64;
         StatFs {
             block_size: self.bs as u32,
             blocks: self.sb.max_segments() * self.sb.blocks_per_segment(),
@@ -981,7 +971,7 @@ impl Store {
         let bs = self.bs;
         let end = off + data.len() as u64;
         let Content::File(x) = &g.content else { return };
-        let mut dirty = std::mem::take(&mut g.dirty);
+        let mut dirty = g.dirty.take().unwrap_or_default();
         x.pieces(off / bs, (end - 1) / bs + 1, |p| {
             if let Piece::Mapped { logical, phys, len } = p {
                 let lo = (logical * bs).max(off);
@@ -994,7 +984,7 @@ impl Store {
                 note_dirty(&mut dirty, Run { start: phys, len });
             }
         });
-        g.dirty = dirty;
+        g.dirty = Some(dirty);
         let now = Ts::now();
         g.attr.mtime = now;
         g.attr.ctime = now;
@@ -1054,7 +1044,7 @@ impl Store {
         }
         let node = self.node(ino)?;
         self.journal_times(ino, &node)?;
-        let mut runs = std::mem::take(&mut wr(&node).dirty);
+        let mut runs = wr(&node).dirty.take().map(|b| *b).unwrap_or_default();
         runs.sort_unstable_by_key(|r| r.start);
         let mut merged: Vec<Run> = Vec::with_capacity(runs.len());
         for r in runs {
@@ -1115,10 +1105,8 @@ fn note_dirty(dirty: &mut Vec<Run>, r: Run) {
 }
 
 /// Applies one journaled op at mount.
-fn replay_op(table: &[RwLock<HashMap<Ino, Node>>], op: &Op, bs: u64, next_ino: &mut u64) -> std::result::Result<(), String> {
-    let get = |ino: Ino| -> std::result::Result<Node, String> {
-        rd(&table[ino as usize % SHARDS]).get(&ino).cloned().ok_or_else(|| format!("inode {ino} does not exist"))
-    };
+fn replay_op(table: &Table, op: &Op, bs: u64, next_ino: &mut u64) -> std::result::Result<(), String> {
+    let get = |ino: Ino| -> std::result::Result<Node, String> { table.get(ino).ok_or_else(|| format!("inode {ino} does not exist")) };
     let bad = |e: meta::Inconsistent| e.0;
     match op {
         Op::Create { ino, parent, .. } => {
@@ -1126,7 +1114,7 @@ fn replay_op(table: &[RwLock<HashMap<Ino, Node>>], op: &Op, bs: u64, next_ino: &
                 return Err(format!("inode {ino} created twice"));
             }
             meta::apply_create(&mut wr(&*get(*parent)?), op).map_err(bad)?;
-            wr(&table[*ino as usize % SHARDS]).insert(*ino, Arc::new(RwLock::new(meta::created_inode(op))));
+            table.insert(meta::created_inode(op));
             *next_ino = (*next_ino).max(ino + 1);
         }
         Op::Unlink { parent, name, time } => {
@@ -1147,7 +1135,7 @@ fn replay_op(table: &[RwLock<HashMap<Ino, Node>>], op: &Op, bs: u64, next_ino: &
         Op::Free { ino } => {
             let n = get(*ino)?;
             meta::apply_free(&mut wr(&n));
-            wr(&table[*ino as usize % SHARDS]).remove(ino);
+            table.remove(*ino);
         }
         Op::SetAttr { ino, .. } => meta::apply_setattr(&mut wr(&*get(*ino)?), op),
         Op::SetSize { ino, .. } => {

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of mmapfs against tmpfs and ext4 on this machine, using fio.
+#
+#   sudo scripts/bench.sh            # SIZE=1G FILES=20000 RUNS=3 RUNTIME=10 by default
+#
+# Rows: sequential 1 MiB write of SIZE with a final fsync, sequential 1 MiB read (cold: page
+# caches dropped; warm: cached), random 4 KiB reads (warm, psync), and create / stat / unlink of
+# FILES files (fio's filecreate/filestat/filedelete engines, 10 jobs of FILES/10 files each).
+# Each cell is the median of RUNS runs; the last columns are mmapfs's ratios to tmpfs and ext4.
+# The mmapfs store lives on the ext4 directory's filesystem, as a store on disk normally does.
+set -euo pipefail
+
+SIZE=${SIZE:-1G}
+FILES=${FILES:-20000}
+RUNS=${RUNS:-3}
+RUNTIME=${RUNTIME:-10}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+if [ "$(id -u)" != 0 ]; then
+    echo "bench.sh mounts tmpfs and drops page caches: run it as root" >&2
+    exit 1
+fi
+if ! command -v fio >/dev/null; then
+    echo "installing fio from Debian's packages…" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
+fi
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+BIN=$ROOT/target/release/mmapfs
+
+WORK=$(mktemp -d /var/tmp/mmapfs-bench.XXXXXX)
+DAEMON=
+cleanup() {
+    if [ -n "$DAEMON" ]; then kill -TERM "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; fi
+    for m in "$WORK/mmapfs" "$WORK/tmpfs"; do
+        mountpoint -q "$m" && umount -l "$m"
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/tmpfs" "$WORK/ext4" "$WORK/mmapfs"
+mount -t tmpfs -o size=8G tmpfs "$WORK/tmpfs"
+EXT_FS=$(stat -f -c %T "$WORK/ext4")
+"$BIN" mount --store "$WORK/store" "$WORK/mmapfs" >"$WORK/daemon.log" 2>&1 &
+DAEMON=$!
+for _ in $(seq 100); do mountpoint -q "$WORK/mmapfs" && break; sleep 0.1; done
+mountpoint -q "$WORK/mmapfs" || { cat "$WORK/daemon.log"; exit 1; }
+
+TARGETS=(tmpfs ext4 mmapfs)
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+# fio_json DIR ARGS… → prints the job's JSON
+fio_json() {
+    local dir=$1
+    shift
+    fio --directory="$dir" --output-format=json "$@" 2>/dev/null
+}
+metric() { # metric read|write bw|iops  (bw in MiB/s)
+    python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0][sys.argv[1]]
+print(round(j["bw"] / 1024, 1) if sys.argv[2] == "bw" else round(j["iops"]))' "$1" "$2"
+}
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+progress() { printf '\r%-70s' "$*" >&2; }
+
+# Warm-up: on a VM, the first touch of guest memory is slow; touch it once before measuring.
+progress "warming up memory…"
+fio_json "$WORK/tmpfs" --name=warm --rw=write --bs=1M --size=4G --filename=warm >/dev/null
+rm -f "$WORK/tmpfs/warm"
+
+for run in $(seq "$RUNS"); do
+    for t in "${TARGETS[@]}"; do
+        d=$WORK/$t
+        progress "run $run/$RUNS: $t: sequential write"
+        v=$(fio_json "$d" --name=seqw --rw=write --bs=1M --size="$SIZE" --end_fsync=1 --filename=seq | metric write bw)
+        record "seq write 1M + fsync (MiB/s)" "$t" "$v"
+        progress "run $run/$RUNS: $t: sequential read, cold"
+        drop_caches
+        v=$(fio_json "$d" --name=seqr --rw=read --bs=1M --size="$SIZE" --filename=seq | metric read bw)
+        record "seq read 1M cold (MiB/s)" "$t" "$v"
+        progress "run $run/$RUNS: $t: sequential read, warm"
+        v=$(fio_json "$d" --name=seqr --rw=read --bs=1M --size="$SIZE" --invalidate=0 --filename=seq | metric read bw)
+        record "seq read 1M warm (MiB/s)" "$t" "$v"
+        progress "run $run/$RUNS: $t: random 4 KiB reads"
+        v=$(fio_json "$d" --name=randr --rw=randread --bs=4k --size="$SIZE" --invalidate=0 --time_based --runtime="$RUNTIME" --filename=seq | metric read iops)
+        record "rand read 4k warm (IOPS)" "$t" "$v"
+        rm -f "$d/seq"
+        mkdir -p "$d/meta"
+        for op in filecreate filestat filedelete; do
+            progress "run $run/$RUNS: $t: $op"
+            v=$(fio_json "$d/meta" --name=meta --ioengine=$op --numjobs=10 --group_reporting --nrfiles=$((FILES / 10)) \
+                --filesize=4k --bs=4k --openfiles=1 --fallocate=none --create_on_open=1 | metric read iops)
+            record "${op#file} $FILES files (/s)" "$t" "$v"
+        done
+        rm -rf "$d/meta"
+    done
+done
+progress ""
+printf '\r' >&2
+
+python3 - "$RESULTS" "$EXT_FS" "$SIZE" "$RUNS" <<'PY'
+import sys, statistics, collections, platform
+rows = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    name, target, value = line.rstrip("\n").split("\t")
+    rows.setdefault(name, collections.defaultdict(list))[target].append(float(value))
+print(f"mmapfs benchmark — {platform.node()}, kernel {platform.release()}, file {sys.argv[3]}, "
+      f"median of {sys.argv[4]} runs; 'ext4' is a directory on {sys.argv[2]}, the mmapfs store is there too")
+head = f"{'':34}{'tmpfs':>12}{'ext4':>12}{'mmapfs':>12}{'÷tmpfs':>9}{'÷ext4':>9}"
+print(head)
+for name, by in rows.items():
+    med = {t: statistics.median(v) for t, v in by.items()}
+    cells = "".join(f"{med.get(t, 0):>12,.1f}" if med.get(t, 0) < 100 else f"{med.get(t, 0):>12,.0f}" for t in ("tmpfs", "ext4", "mmapfs"))
+    r = lambda t: f"{med['mmapfs'] / med[t]:>9.2f}" if med.get(t) else f"{'-':>9}"
+    print(f"{name:34}{cells}{r('tmpfs')}{r('ext4')}")
+PY
