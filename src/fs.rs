@@ -79,7 +79,8 @@ impl MmapFs {
 
     fn open_flags(&self) -> FopenFlags {
         // KEEP_CACHE: an open must not drop the pages other processes have mapped.
-        let mut f = FopenFlags::FOPEN_KEEP_CACHE;
+        // NOFLUSH: close(2) need not wait for a FLUSH round trip that does nothing here.
+        let mut f = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
         if self.cfg.direct_io {
             f |= FopenFlags::FOPEN_DIRECT_IO;
         }
@@ -89,6 +90,15 @@ impl MmapFs {
     fn fh(&self) -> FileHandle {
         FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// Runs a store call; a panic (a bug) becomes EIO for this request instead of taking down the
+/// request loop, and is logged with its message by the panic hook.
+fn call<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        log::error!("a request panicked; answering EIO");
+        Err(Error::Io(std::io::Error::from_raw_os_error(libc::EIO)))
+    })
 }
 
 /// The one place store errors become errnos.
@@ -169,7 +179,7 @@ impl Filesystem for MmapFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.store.lookup(parent.0, name.as_bytes()));
+        self.entry(reply, call(|| self.store.lookup(parent.0, name.as_bytes())));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -177,7 +187,7 @@ impl Filesystem for MmapFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.store.getattr(ino.0) {
+        match call(|| self.store.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.cfg.ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -202,14 +212,14 @@ impl Filesystem for MmapFs {
         reply: ReplyAttr,
     ) {
         let s = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime), ctime: ctime.map(Ts::from) };
-        match self.store.setattr(ino.0, s) {
+        match call(|| self.store.setattr(ino.0, s)) {
             Ok(a) => reply.attr(&self.cfg.ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.store.readlink(ino.0) {
+        match call(|| self.store.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
@@ -228,21 +238,21 @@ impl Filesystem for MmapFs {
         let Some(kind) = kind_of_mode(mode).filter(|k| !matches!(k, Kind::Dir | Kind::Symlink)) else {
             return reply.error(Errno::EINVAL);
         };
-        let r = self.store.create(parent.0, name.as_bytes(), kind, mode as u16, req.uid(), req.gid(), rdev, b"");
+        let r = call(|| self.store.create(parent.0, name.as_bytes(), kind, mode as u16, req.uid(), req.gid(), rdev, b""));
         self.entry(reply, r);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let r = self.store.create(parent.0, name.as_bytes(), Kind::Dir, mode as u16, req.uid(), req.gid(), 0, b"");
+        let r = call(|| self.store.create(parent.0, name.as_bytes(), Kind::Dir, mode as u16, req.uid(), req.gid(), 0, b""));
         self.entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.store.unlink(parent.0, name.as_bytes(), false));
+        empty(reply, call(|| self.store.unlink(parent.0, name.as_bytes(), false)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.store.unlink(parent.0, name.as_bytes(), true));
+        empty(reply, call(|| self.store.unlink(parent.0, name.as_bytes(), true)));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -250,7 +260,7 @@ impl Filesystem for MmapFs {
         if t.len() >= libc::PATH_MAX as usize {
             return reply.error(Errno::ENAMETOOLONG);
         }
-        let r = self.store.create(parent.0, link_name.as_bytes(), Kind::Symlink, 0o777, req.uid(), req.gid(), 0, t);
+        let r = call(|| self.store.create(parent.0, link_name.as_bytes(), Kind::Symlink, 0o777, req.uid(), req.gid(), 0, t));
         self.entry(reply, r);
     }
 
@@ -268,11 +278,11 @@ impl Filesystem for MmapFs {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        empty(reply, self.store.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), noreplace));
+        empty(reply, call(|| self.store.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), noreplace)));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.store.open_file(ino.0) {
+        match call(|| self.store.open_file(ino.0)) {
             Ok(_) => reply.opened(self.fh(), self.open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -288,10 +298,10 @@ impl Filesystem for MmapFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self
-            .store
-            .create(parent.0, name.as_bytes(), Kind::File, mode as u16, req.uid(), req.gid(), 0, b"")
-            .and_then(|a| self.store.open_file(a.ino));
+        let r = call(|| {
+            let a = self.store.create(parent.0, name.as_bytes(), Kind::File, mode as u16, req.uid(), req.gid(), 0, b"")?;
+            self.store.open_file(a.ino)
+        });
         match r {
             Ok(a) => reply.created(&self.cfg.ttl, &self.attr(&a), Generation(0), self.fh(), self.open_flags()),
             Err(e) => reply.error(errno(&e)),
@@ -310,11 +320,11 @@ impl Filesystem for MmapFs {
         reply: ReplyData,
     ) {
         let mut reply = Some(reply);
-        let r = self.store.read(ino.0, offset, size, |bytes| {
+        let r = call(|| self.store.read(ino.0, offset, size, |bytes| {
             if let Some(r) = reply.take() {
                 r.data(bytes);
             }
-        });
+        }));
         if let (Err(e), Some(r)) = (r, reply.take()) {
             r.error(errno(&e));
         }
@@ -332,7 +342,7 @@ impl Filesystem for MmapFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.store.write(ino.0, offset, data) {
+        match call(|| self.store.write(ino.0, offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -353,15 +363,15 @@ impl Filesystem for MmapFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.store.release(ino.0));
+        empty(reply, call(|| self.store.release(ino.0)));
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.store.fsync(ino.0));
+        empty(reply, call(|| self.store.fsync(ino.0)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.store.getattr(ino.0) {
+        match call(|| self.store.getattr(ino.0)) {
             Ok(a) if a.kind == Kind::Dir => reply.opened(self.fh(), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno(&e)),
@@ -369,9 +379,9 @@ impl Filesystem for MmapFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let r = self.store.readdir(ino.0, offset, |ino, off, kind, name| {
+        let r = call(|| self.store.readdir(ino.0, offset, |ino, off, kind, name| {
             reply.add(INodeNo(ino), off, file_type(kind), OsStr::from_bytes(name))
-        });
+        }));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -379,7 +389,7 @@ impl Filesystem for MmapFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.store.sync_journal());
+        empty(reply, call(|| self.store.sync_journal()));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -398,6 +408,6 @@ impl Filesystem for MmapFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // With default_permissions the kernel checks; this only confirms the inode exists.
-        empty(reply, self.store.getattr(ino.0).map(|_| ()));
+        empty(reply, call(|| self.store.getattr(ino.0)).map(|_| ()));
     }
 }
