@@ -96,6 +96,14 @@ impl MountConfig {
                     if let Some(v) = o.strip_prefix("fsname=") {
                         self.kernel.retain(|k| !matches!(k, MountOption::FSName(_)));
                         MountOption::FSName(v.into())
+                    } else if let Some((key, v)) = o.split_once('=').filter(|(k, _)| *k == "attr_timeout" || *k == "entry_timeout") {
+                        let secs: f64 = v.parse().map_err(|_| format!("{key}={v}: not a number of seconds"))?;
+                        if !(0.0..=86400.0 * 365.0).contains(&secs) {
+                            return Err(format!("{key}={v}: out of range"));
+                        }
+                        let d = std::time::Duration::from_secs_f64(secs);
+                        if key == "attr_timeout" { self.fs.attr_ttl = d } else { self.fs.entry_ttl = d }
+                        continue;
                     } else if let Some(v) = o.strip_prefix("max_write=") {
                         let n = parse_size(v)?;
                         if n < 4096 || n > 16 << 20 {
@@ -163,6 +171,9 @@ mod tests {
         assert!(!c.kernel.contains(&MountOption::DefaultPermissions));
         assert!(c.apply_options("bogus").unwrap_err().contains("bogus"));
         assert!(c.apply_options("max_write=1").is_err());
+        c.apply_options("attr_timeout=0.5,entry_timeout=3600").unwrap();
+        assert_eq!(c.fs.attr_ttl, std::time::Duration::from_millis(500));
+        assert!(c.apply_options("attr_timeout=-1").is_err());
         c.apply_options("direct_io").unwrap();
         assert!(c.validate().is_err(), "writeback_cache with direct_io");
     }

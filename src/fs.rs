@@ -20,9 +20,12 @@ use crate::store::{Error, NAME_MAX, SetAttr, Store};
 /// How the adapter talks to the kernel.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
-    /// How long the kernel may cache attributes and entries. Default 1 s: mmapfs is the only
-    /// writer of its store, so cached attributes can only go stale through our own replies.
-    pub ttl: Duration,
+    /// How long the kernel may cache attributes (`attr_timeout`). mmapfs is the only writer of
+    /// its store and the kernel invalidates what its own requests change, so long timeouts are
+    /// safe. Default 60 s.
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache names (`entry_timeout`). Default 60 s.
+    pub entry_ttl: Duration,
     /// Let the kernel cache writes (FUSE_WRITEBACK_CACHE). Default off.
     pub writeback_cache: bool,
     /// Bypass the page cache for read/write (FOPEN_DIRECT_IO), shared mmap still allowed. Default off.
@@ -33,7 +36,10 @@ pub struct FsConfig {
 
 impl Default for FsConfig {
     fn default() -> Self {
-        FsConfig { ttl: Duration::from_secs(1), writeback_cache: false, direct_io: false, max_write: 1 << 20 }
+        FsConfig {
+            attr_ttl: Duration::from_secs(60),
+            entry_ttl: Duration::from_secs(60),
+            writeback_cache: false, direct_io: false, max_write: 1 << 20 }
     }
 }
 
@@ -72,7 +78,7 @@ impl MmapFs {
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Error>) {
         match r {
-            Ok(a) => reply.entry(&self.cfg.ttl, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(&self.cfg.attr_ttl, &self.cfg.entry_ttl, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -188,7 +194,7 @@ impl Filesystem for MmapFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match call(|| self.store.getattr(ino.0)) {
-            Ok(a) => reply.attr(&self.cfg.ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.cfg.attr_ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -213,7 +219,7 @@ impl Filesystem for MmapFs {
     ) {
         let s = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime), ctime: ctime.map(Ts::from) };
         match call(|| self.store.setattr(ino.0, s)) {
-            Ok(a) => reply.attr(&self.cfg.ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.cfg.attr_ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -303,7 +309,7 @@ impl Filesystem for MmapFs {
             self.store.open_file(a.ino)
         });
         match r {
-            Ok(a) => reply.created(&self.cfg.ttl, &self.attr(&a), Generation(0), self.fh(), self.open_flags()),
+            Ok(a) => reply.created(&self.cfg.attr_ttl.min(self.cfg.entry_ttl), &self.attr(&a), Generation(0), self.fh(), self.open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -689,6 +689,9 @@ impl Store {
         let _g = rd(&self.gate);
         let node = self.node(ino)?;
         let mut n = wr(&node);
+        if n.freed {
+            return Err(Error::NotFound);
+        }
         let a = n.attr;
         let op = Op::SetAttr {
             ino,
@@ -1016,6 +1019,9 @@ impl Store {
         let _gate = rd(&self.gate);
         let node = self.node(ino)?;
         let mut g = wr(&node);
+        if g.freed {
+            return Err(Error::NotFound);
+        }
         match &g.content {
             Content::File(_) => {}
             Content::Dir(_) => return Err(Error::IsDir),
