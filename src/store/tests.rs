@@ -111,11 +111,27 @@ fn reads_of_holes_and_partial_blocks() {
     let got = s.read(a, 4000, 7000, |b| b.to_vec()).unwrap();
     assert_eq!(got.len(), 6003);
     assert_eq!(&got[6000..], b"abc");
-    // Freed blocks are zeroed when reused by another file's partial write.
+}
+
+#[test]
+fn reused_blocks_never_show_old_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts(1 << 20, 1 << 20)).unwrap();
+    let a = file(&s, ROOT, "a");
+    s.write(a, 0, &vec![0xff; 1 << 20]).unwrap();
     s.truncate(a, 0).unwrap();
+    // Every block now free held 0xff; new partial writes must not expose any of it.
     let b = file(&s, ROOT, "b");
     s.write(b, 100, b"z").unwrap();
     assert_eq!(read_all(&s, b)[..100], [0u8; 100]);
+    s.truncate(b, 4096).unwrap();
+    assert!(read_all(&s, b)[101..].iter().all(|&x| x == 0));
+    let c = file(&s, ROOT, "c");
+    // Into a hole inside the file: the rest of the new block is file content, so it must be zero.
+    s.truncate(c, 3 * 4096).unwrap();
+    s.write(c, 5000, &[7u8; 10]).unwrap();
+    let data = read_all(&s, c);
+    assert!(data[..5000].iter().chain(&data[5010..]).all(|&x| x == 0));
 }
 
 #[test]
