@@ -96,17 +96,23 @@ impl MountConfig {
                     if let Some(v) = o.strip_prefix("fsname=") {
                         self.kernel.retain(|k| !matches!(k, MountOption::FSName(_)));
                         MountOption::FSName(v.into())
-                    } else if let Some((key, v)) = o.split_once('=').filter(|(k, _)| *k == "attr_timeout" || *k == "entry_timeout") {
+                    } else if let Some((key, v)) =
+                        o.split_once('=').filter(|(k, _)| *k == "attr_timeout" || *k == "entry_timeout")
+                    {
                         let secs: f64 = v.parse().map_err(|_| format!("{key}={v}: not a number of seconds"))?;
                         if !(0.0..=86400.0 * 365.0).contains(&secs) {
                             return Err(format!("{key}={v}: out of range"));
                         }
                         let d = std::time::Duration::from_secs_f64(secs);
-                        if key == "attr_timeout" { self.fs.attr_ttl = d } else { self.fs.entry_ttl = d }
+                        if key == "attr_timeout" {
+                            self.fs.attr_ttl = d
+                        } else {
+                            self.fs.entry_ttl = d
+                        }
                         continue;
                     } else if let Some(v) = o.strip_prefix("max_write=") {
                         let n = parse_size(v)?;
-                        if n < 4096 || n > 16 << 20 {
+                        if !(4096..=16 << 20).contains(&n) {
                             return Err(format!("max_write={v}: must be between 4K and 16M"));
                         }
                         self.fs.max_write = n as u32;
@@ -117,14 +123,22 @@ impl MountConfig {
                 }
             };
             // A later flag overrides its opposite (e.g. `ro` after `rw`).
-            let opposite = |k: &MountOption| match (k, &kernel) {
-                (MountOption::RO, MountOption::RW) | (MountOption::RW, MountOption::RO) => true,
-                (MountOption::Dev, MountOption::NoDev) | (MountOption::NoDev, MountOption::Dev) => true,
-                (MountOption::Suid, MountOption::NoSuid) | (MountOption::NoSuid, MountOption::Suid) => true,
-                (MountOption::Exec, MountOption::NoExec) | (MountOption::NoExec, MountOption::Exec) => true,
-                (MountOption::Atime, MountOption::NoAtime) | (MountOption::NoAtime, MountOption::Atime) => true,
-                (MountOption::Sync, MountOption::Async) | (MountOption::Async, MountOption::Sync) => true,
-                _ => false,
+            let opposite = |k: &MountOption| {
+                matches!(
+                    (k, &kernel),
+                    (MountOption::RO, MountOption::RW)
+                        | (MountOption::RW, MountOption::RO)
+                        | (MountOption::Dev, MountOption::NoDev)
+                        | (MountOption::NoDev, MountOption::Dev)
+                        | (MountOption::Suid, MountOption::NoSuid)
+                        | (MountOption::NoSuid, MountOption::Suid)
+                        | (MountOption::Exec, MountOption::NoExec)
+                        | (MountOption::NoExec, MountOption::Exec)
+                        | (MountOption::Atime, MountOption::NoAtime)
+                        | (MountOption::NoAtime, MountOption::Atime)
+                        | (MountOption::Sync, MountOption::Async)
+                        | (MountOption::Async, MountOption::Sync)
+                )
             };
             self.kernel.retain(|k| k != &kernel && !opposite(k));
             self.kernel.push(kernel);
@@ -144,7 +158,7 @@ impl MountConfig {
         if self.store_opts.journal_limit < 4096 {
             return Err("--journal-limit must be at least 4K".into());
         }
-        if f.segment_size == 0 || f.segment_size % 4096 != 0 {
+        if f.segment_size == 0 || !f.segment_size.is_multiple_of(4096) {
             return Err(format!("--segment-size {}: must be a positive multiple of 4K", f.segment_size));
         }
         if f.capacity < f.segment_size {

@@ -39,7 +39,10 @@ impl Default for FsConfig {
         FsConfig {
             attr_ttl: Duration::from_secs(60),
             entry_ttl: Duration::from_secs(60),
-            writeback_cache: false, direct_io: false, max_write: 1 << 20 }
+            writeback_cache: false,
+            direct_io: false,
+            max_write: 1 << 20,
+        }
     }
 }
 
@@ -244,12 +247,14 @@ impl Filesystem for MmapFs {
         let Some(kind) = kind_of_mode(mode).filter(|k| !matches!(k, Kind::Dir | Kind::Symlink)) else {
             return reply.error(Errno::EINVAL);
         };
-        let r = call(|| self.store.create(parent.0, name.as_bytes(), kind, mode as u16, req.uid(), req.gid(), rdev, b""));
+        let r =
+            call(|| self.store.create(parent.0, name.as_bytes(), kind, mode as u16, req.uid(), req.gid(), rdev, b""));
         self.entry(reply, r);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let r = call(|| self.store.create(parent.0, name.as_bytes(), Kind::Dir, mode as u16, req.uid(), req.gid(), 0, b""));
+        let r =
+            call(|| self.store.create(parent.0, name.as_bytes(), Kind::Dir, mode as u16, req.uid(), req.gid(), 0, b""));
         self.entry(reply, r);
     }
 
@@ -266,7 +271,9 @@ impl Filesystem for MmapFs {
         if t.len() >= libc::PATH_MAX as usize {
             return reply.error(Errno::ENAMETOOLONG);
         }
-        let r = call(|| self.store.create(parent.0, link_name.as_bytes(), Kind::Symlink, 0o777, req.uid(), req.gid(), 0, t));
+        let r = call(|| {
+            self.store.create(parent.0, link_name.as_bytes(), Kind::Symlink, 0o777, req.uid(), req.gid(), 0, t)
+        });
         self.entry(reply, r);
     }
 
@@ -305,11 +312,18 @@ impl Filesystem for MmapFs {
         reply: ReplyCreate,
     ) {
         let r = call(|| {
-            let a = self.store.create(parent.0, name.as_bytes(), Kind::File, mode as u16, req.uid(), req.gid(), 0, b"")?;
+            let a =
+                self.store.create(parent.0, name.as_bytes(), Kind::File, mode as u16, req.uid(), req.gid(), 0, b"")?;
             self.store.open_file(a.ino)
         });
         match r {
-            Ok(a) => reply.created(&self.cfg.attr_ttl.min(self.cfg.entry_ttl), &self.attr(&a), Generation(0), self.fh(), self.open_flags()),
+            Ok(a) => reply.created(
+                &self.cfg.attr_ttl.min(self.cfg.entry_ttl),
+                &self.attr(&a),
+                Generation(0),
+                self.fh(),
+                self.open_flags(),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -326,11 +340,13 @@ impl Filesystem for MmapFs {
         reply: ReplyData,
     ) {
         let mut reply = Some(reply);
-        let r = call(|| self.store.read(ino.0, offset, size, |bytes| {
-            if let Some(r) = reply.take() {
-                r.data(bytes);
-            }
-        }));
+        let r = call(|| {
+            self.store.read(ino.0, offset, size, |bytes| {
+                if let Some(r) = reply.take() {
+                    r.data(bytes);
+                }
+            })
+        });
         if let (Err(e), Some(r)) = (r, reply.take()) {
             r.error(errno(&e));
         }
@@ -385,9 +401,11 @@ impl Filesystem for MmapFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let r = call(|| self.store.readdir(ino.0, offset, |ino, off, kind, name| {
-            reply.add(INodeNo(ino), off, file_type(kind), OsStr::from_bytes(name))
-        }));
+        let r = call(|| {
+            self.store.readdir(ino.0, offset, |ino, off, kind, name| {
+                reply.add(INodeNo(ino), off, file_type(kind), OsStr::from_bytes(name))
+            })
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

@@ -107,8 +107,9 @@ fn check_paths(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), String> {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             return Err(format!("{} is a dead FUSE mount; run `umount {}` first", mnt.display(), mnt.display()));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(mnt)
-            .map_err(|e| format!("cannot create mountpoint {}: {e}", mnt.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(mnt).map_err(|e| format!("cannot create mountpoint {}: {e}", mnt.display()))?
+        }
         Err(e) => return Err(format!("mountpoint {}: {e}", mnt.display())),
     }
     let mnt = mnt.canonicalize().map_err(|e| format!("mountpoint {}: {e}", mnt.display()))?;

@@ -77,7 +77,9 @@ impl Model {
                 rng.fill(&mut data);
                 Op::Write { path, off, data }
             }
-            55..=64 if !existing.is_empty() => Op::Truncate { path: any_existing(rng), len: rng.below(1 << 21) as usize },
+            55..=64 if !existing.is_empty() => {
+                Op::Truncate { path: any_existing(rng), len: rng.below(1 << 21) as usize }
+            }
             65..=72 if !existing.is_empty() => Op::Unlink { path: any_existing(rng) },
             73..=82 if !existing.is_empty() => Op::Rename { from: any_existing(rng), to: pick(rng, FILES) },
             83..=92 if !existing.is_empty() => Op::Fsync { path: any_existing(rng) },
@@ -119,7 +121,11 @@ fn observe(root: &Path) -> Model {
     for dir in ["", "d0", "d1"] {
         for e in fs::read_dir(root.join(dir)).unwrap() {
             let e = e.unwrap();
-            let name = if dir.is_empty() { e.file_name().into_string().unwrap() } else { format!("{dir}/{}", e.file_name().into_string().unwrap()) };
+            let name = if dir.is_empty() {
+                e.file_name().into_string().unwrap()
+            } else {
+                format!("{dir}/{}", e.file_name().into_string().unwrap())
+            };
             if e.file_type().unwrap().is_dir() {
                 if name != "d0" && name != "d1" {
                     m.dirs.insert(name);
@@ -252,7 +258,11 @@ fn clean_remount_keeps_everything() {
     use std::os::unix::fs::MetadataExt;
     for (k, before) in model.files.keys().zip(attrs_before) {
         let after = fs::metadata(m.path(k)).unwrap();
-        assert_eq!((after.mode(), after.mtime(), after.mtime_nsec(), after.ino()), (before.mode(), before.mtime(), before.mtime_nsec(), before.ino()), "{k}");
+        assert_eq!(
+            (after.mode(), after.mtime(), after.mtime_nsec(), after.ino()),
+            (before.mode(), before.mtime(), before.mtime_nsec(), before.ino()),
+            "{k}"
+        );
     }
     // The journal was folded into a checkpoint by the clean unmount.
     let journal: u64 = fs::read_dir(m.store.join("meta"))

@@ -31,7 +31,7 @@ fn unaligned_and_random_offset_writes_match_a_reference() {
     let mut rng = Rng::seeded();
     let len = 3 << 20;
     let mut model = vec![0u8; 0];
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("r")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("r")).unwrap();
     for i in 0..400 {
         let off = rng.below(len as u64) as usize;
         let n = 1 + rng.below(if i % 10 == 0 { 300_000 } else { 9000 }) as usize;
@@ -57,7 +57,7 @@ fn unaligned_and_random_offset_writes_match_a_reference() {
 fn sparse_files_cost_nothing_and_read_zeros() {
     let m = Mounted::new(&[]);
     let before = statvfs_free(&m.mnt);
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("sparse")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("sparse")).unwrap();
     f.set_len(10 << 30).unwrap();
     f.write_all_at(b"end", (10 << 30) - 3).unwrap();
     f.write_all_at(b"middle", 5 << 30).unwrap();
@@ -72,7 +72,8 @@ fn sparse_files_cost_nothing_and_read_zeros() {
     assert_eq!(&s, b"\0\0middle\0\0");
     assert!(before - statvfs_free(&m.mnt) <= 2 * 4096, "a 10 GiB sparse file costs two blocks");
     // The segment files on disk did not grow past one segment either.
-    let seg_bytes: u64 = fs::read_dir(m.store.join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512).sum();
+    let seg_bytes: u64 =
+        fs::read_dir(m.store.join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512).sum();
     assert!(seg_bytes <= 64 << 20, "segments use {seg_bytes} bytes");
 }
 

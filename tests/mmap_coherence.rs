@@ -27,7 +27,14 @@ impl Map {
     fn new(file: &std::fs::File, len: usize) -> Map {
         // SAFETY: mapping a file we hold open; the result is checked.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(ptr, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
         Map { ptr: ptr.cast(), len }
@@ -115,7 +122,7 @@ fn coherent_with_direct_io_and_shared_mmap() {
 fn coherence(args: &[&str]) {
     let mut m = Mounted::new(args);
     let p = m.path("shared");
-    let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
     f.set_len(LEN as u64).unwrap();
     let map = Map::new(&f, LEN);
     let mut child = spawn_helper(&p);
@@ -150,7 +157,7 @@ fn coherence(args: &[&str]) {
 fn mapped_stores_update_mtime_once_written_back() {
     let m = Mounted::new(&[]);
     let p = m.path("m");
-    let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
     f.set_len(LEN as u64).unwrap();
     let map = Map::new(&f, LEN);
     map.store(8, 1);

@@ -104,7 +104,8 @@ fn readdir_lists_dot_entries_and_survives_changes() {
     for i in 0..300 {
         fs::write(d.join(format!("f{i:03}")), b"").unwrap();
     }
-    let names: HashSet<String> = fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: HashSet<String> =
+        fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names.len(), 300);
     // Raw readdir shows . and .. too, and telldir/seekdir offsets hold while entries change.
     let c = cstr(&d);
@@ -167,12 +168,18 @@ fn attributes_and_times() {
     }
     // utimensat with explicit times, UTIME_OMIT and UTIME_NOW.
     let c = cstr(&p);
-    let ts = [libc::timespec { tv_sec: 1_000_000, tv_nsec: 123_456_789 }, libc::timespec { tv_sec: 2_000_000, tv_nsec: 987 }];
+    let ts = [
+        libc::timespec { tv_sec: 1_000_000, tv_nsec: 123_456_789 },
+        libc::timespec { tv_sec: 2_000_000, tv_nsec: 987 },
+    ];
     // SAFETY: valid path and two timespecs.
     assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) }, 0);
     let md = fs::metadata(&p).unwrap();
     assert_eq!((md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()), (1_000_000, 123_456_789, 2_000_000, 987));
-    let ts = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW }];
+    let ts = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+    ];
     // SAFETY: as above.
     assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) }, 0);
     let md = fs::metadata(&p).unwrap();
@@ -214,7 +221,7 @@ fn name_and_offset_limits() {
     let long = "x".repeat(256);
     assert_eq!(err(fs::write(m.path(&long), b"")), libc::ENAMETOOLONG);
     fs::write(m.path(&"y".repeat(255)), b"ok").unwrap();
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("big")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("big")).unwrap();
     // Past the largest file size.
     let e = f.write_at(b"x", (1 << 62) + 5).unwrap_err();
     assert!(matches!(e.raw_os_error(), Some(libc::EFBIG) | Some(libc::EINVAL)), "{e}");

@@ -23,7 +23,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
             } else {
-                m.insert(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned(), fs::read(e.path()).unwrap());
+                m.insert(
+                    e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                );
             }
         }
     }
@@ -41,7 +44,7 @@ fn mount_fails(m: &mut Mounted) -> String {
 fn full_store_answers_enospc_and_keeps_its_data() {
     let mut m = Mounted::new(&["--capacity", "8M", "--segment-size", "4M"]);
     fs::write(m.path("keep"), vec![0x5a; 3 << 20]).unwrap();
-    let mut f = OpenOptions::new().write(true).create(true).open(m.path("filler")).unwrap();
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(m.path("filler")).unwrap();
     let chunk = vec![0x77u8; 256 << 10];
     let mut written = 0;
     let e = loop {
@@ -133,7 +136,14 @@ fn foreign_directories_and_other_versions_are_refused_untouched() {
 
     // A store written by a future format version.
     let store = tmp.path().join("v2");
-    let (ok, err) = run(&[OsStr::new("format"), store.as_os_str(), OsStr::new("--segment-size"), OsStr::new("1M"), OsStr::new("--capacity"), OsStr::new("4M")]);
+    let (ok, err) = run(&[
+        OsStr::new("format"),
+        store.as_os_str(),
+        OsStr::new("--segment-size"),
+        OsStr::new("1M"),
+        OsStr::new("--capacity"),
+        OsStr::new("4M"),
+    ]);
     assert!(ok, "{err}");
     let sb = store.join("superblock");
     let mut bytes = fs::read(&sb).unwrap();

@@ -41,13 +41,7 @@ pub struct Allocator {
 impl Allocator {
     /// An allocator with `segments` segments, all free.
     pub fn new(blocks_per_segment: u64, segments: u64) -> Allocator {
-        let mut a = Allocator {
-            free: BTreeMap::new(),
-            free_blocks: 0,
-            blocks_per_segment,
-            segments: 0,
-            cursor: 0,
-        };
+        let mut a = Allocator { free: BTreeMap::new(), free_blocks: 0, blocks_per_segment, segments: 0, cursor: 0 };
         for _ in 0..segments {
             a.add_segment();
         }
@@ -55,11 +49,7 @@ impl Allocator {
     }
 
     /// Rebuilds the free map from the runs in use; fails if they overlap or overflow.
-    pub fn from_used(
-        blocks_per_segment: u64,
-        segments: u64,
-        mut used: Vec<Run>,
-    ) -> Result<Allocator, RebuildError> {
+    pub fn from_used(blocks_per_segment: u64, segments: u64, mut used: Vec<Run>) -> Result<Allocator, RebuildError> {
         used.sort_unstable_by_key(|r| r.start);
         let end = segments * blocks_per_segment;
         let mut a = Allocator::new(blocks_per_segment, 0);
@@ -101,12 +91,11 @@ impl Allocator {
     /// (so a growing file stays contiguous). Returns `None` when no block is free.
     pub fn alloc(&mut self, want: u64, hint: Option<BlockNo>) -> Option<Run> {
         debug_assert!(want > 0);
-        if let Some(h) = hint {
-            if let Some((&s, &l)) = self.free.range(..=h).next_back() {
-                if h < s + l {
-                    return Some(self.take(s, l, h, want));
-                }
-            }
+        if let Some(h) = hint
+            && let Some((&s, &l)) = self.free.range(..=h).next_back()
+            && h < s + l
+        {
+            return Some(self.take(s, l, h, want));
         }
         // Next-fit: the first run from the cursor that holds the whole request, else the first
         // run at all (a partial allocation; the caller asks again for the rest).
@@ -163,19 +152,20 @@ impl Allocator {
         self.free_blocks += len;
         let seg = start / self.blocks_per_segment;
         // Merge with the run before and after, but never across a segment boundary.
-        if let Some((&s, &l)) = self.free.range(..start).next_back() {
-            if s + l == start && s / self.blocks_per_segment == seg {
-                self.free.remove(&s);
-                start = s;
-                len += l;
-            }
+        if let Some((&s, &l)) = self.free.range(..start).next_back()
+            && s + l == start
+            && s / self.blocks_per_segment == seg
+        {
+            self.free.remove(&s);
+            start = s;
+            len += l;
         }
         let end = start + len;
-        if let Some(&l) = self.free.get(&end) {
-            if end / self.blocks_per_segment == seg {
-                self.free.remove(&end);
-                len += l;
-            }
+        if let Some(&l) = self.free.get(&end)
+            && end / self.blocks_per_segment == seg
+        {
+            self.free.remove(&end);
+            len += l;
         }
         self.free.insert(start, len);
     }
@@ -256,13 +246,7 @@ mod tests {
         assert_eq!(a.free_blocks(), 12);
         let mut a = a;
         assert_eq!(a.alloc(5, Some(5)), Some(run(5, 5)));
-        assert_eq!(
-            Allocator::from_used(10, 1, vec![run(0, 5), run(4, 2)]).unwrap_err(),
-            RebuildError::Overlap(4)
-        );
-        assert_eq!(
-            Allocator::from_used(10, 1, vec![run(8, 5)]).unwrap_err(),
-            RebuildError::OutOfRange(8)
-        );
+        assert_eq!(Allocator::from_used(10, 1, vec![run(0, 5), run(4, 2)]).unwrap_err(), RebuildError::Overlap(4));
+        assert_eq!(Allocator::from_used(10, 1, vec![run(8, 5)]).unwrap_err(), RebuildError::OutOfRange(8));
     }
 }

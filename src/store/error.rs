@@ -70,11 +70,9 @@ impl fmt::Display for Error {
         match self {
             Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::NotAStore(p, why) => write!(f, "{} is not an mmapfs store: {why}", p.display()),
-            Error::Version(v) => write!(
-                f,
-                "the store has format version {v}; this mmapfs reads version {}",
-                super::superblock::VERSION
-            ),
+            Error::Version(v) => {
+                write!(f, "the store has format version {v}; this mmapfs reads version {}", super::superblock::VERSION)
+            }
             Error::Corrupt(m) => write!(f, "the store is damaged: {m}"),
             Error::Locked { pid: Some(pid) } => write!(f, "the store is already mounted by pid {pid}"),
             Error::Locked { pid: None } => write!(f, "the store is already mounted by another process"),

@@ -247,7 +247,9 @@ pub fn replay(
             let rest = &data[pos..];
             let torn = |what: &str| -> Result<(), ReplayError> {
                 if newest {
-                    log::warn!("journal {name}: dropping a record cut short at byte {pos} ({what}); it was never acknowledged");
+                    log::warn!(
+                        "journal {name}: dropping a record cut short at byte {pos} ({what}); it was never acknowledged"
+                    );
                     Ok(())
                 } else {
                     Err(corrupt(format!("record at byte {pos} cut short ({what})")))

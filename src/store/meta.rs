@@ -199,10 +199,7 @@ impl Extents {
             let p = &self.list[i - 1];
             p.logical + p.len == x.logical && p.phys + p.len == x.phys
         };
-        let merge_next = self
-            .list
-            .get(i)
-            .is_some_and(|n| x.logical + x.len == n.logical && x.phys + x.len == n.phys);
+        let merge_next = self.list.get(i).is_some_and(|n| x.logical + x.len == n.logical && x.phys + x.len == n.phys);
         match (merge_prev, merge_next) {
             (true, true) => {
                 let n = self.list.remove(i);
@@ -951,7 +948,25 @@ mod tests {
         assert!(d.iter_after(0).last().unwrap().cookie > cookie_of_900);
         // Round trip through the checkpoint encoding.
         let mut e = Enc::default();
-        encode_inode(&mut e, &Inode::new(created_inode(&Op::Create { ino: 3, parent: 1, name: vec![], kind: Kind::Dir, perm: 0o755, uid: 0, gid: 0, rdev: 0, time: Ts::default(), target: vec![] }).attr, Content::Dir(Box::new(d.clone()))));
+        encode_inode(
+            &mut e,
+            &Inode::new(
+                created_inode(&Op::Create {
+                    ino: 3,
+                    parent: 1,
+                    name: vec![],
+                    kind: Kind::Dir,
+                    perm: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    time: Ts::default(),
+                    target: vec![],
+                })
+                .attr,
+                Content::Dir(Box::new(d.clone())),
+            ),
+        );
         let back = decode_inode(&mut Dec { buf: &e.buf }).unwrap();
         let bd = back.dir().unwrap();
         assert_eq!(bd.len(), 201);

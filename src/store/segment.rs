@@ -24,12 +24,7 @@ impl Segment {
     /// (written to `path.tmp`, synced, renamed, directory synced), then maps it.
     pub(crate) fn create(path: &Path, len: usize) -> io::Result<Segment> {
         let tmp = path.with_extension("seg.tmp");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         reserve(&file, len)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -46,10 +41,7 @@ impl Segment {
         if actual != len as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "segment {} is {actual} bytes, the superblock says {len}",
-                    path.display()
-                ),
+                format!("segment {} is {actual} bytes, the superblock says {len}", path.display()),
             ));
         }
         Self::map(file, len)

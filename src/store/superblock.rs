@@ -82,8 +82,11 @@ impl Superblock {
         if self.block_size as u64 != page {
             return Err(format!("block size {} is not the page size {page}", self.block_size));
         }
-        if self.segment_size == 0 || self.segment_size % page != 0 || self.segment_size > (1 << 40) {
-            return Err(format!("segment size {} must be a positive multiple of {page} up to 1 TiB", self.segment_size));
+        if self.segment_size == 0 || !self.segment_size.is_multiple_of(page) || self.segment_size > (1 << 40) {
+            return Err(format!(
+                "segment size {} must be a positive multiple of {page} up to 1 TiB",
+                self.segment_size
+            ));
         }
         if self.capacity < self.segment_size {
             return Err(format!("capacity {} is below one segment ({})", self.capacity, self.segment_size));
@@ -127,7 +130,13 @@ mod tests {
     use super::*;
 
     fn sb() -> Superblock {
-        Superblock { version: VERSION, block_size: page_size() as u32, uuid: [3; 16], segment_size: 1 << 26, capacity: 1 << 34 }
+        Superblock {
+            version: VERSION,
+            block_size: page_size() as u32,
+            uuid: [3; 16],
+            segment_size: 1 << 26,
+            capacity: 1 << 34,
+        }
     }
 
     #[test]

@@ -77,11 +77,11 @@ impl Mounted {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("daemon exited with {status}: {}", self.log()));
             }
-            if let Ok(c) = self.mnt.canonicalize() {
-                if is_mounted(&c) {
-                    self.mnt = c;
-                    break;
-                }
+            if let Ok(c) = self.mnt.canonicalize()
+                && is_mounted(&c)
+            {
+                self.mnt = c;
+                break;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();

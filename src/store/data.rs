@@ -1,0 +1,404 @@
+//! File data of the store: read, write, truncate, fsync, open and release.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+
+use super::alloc::{Allocator, Run};
+use super::meta::{self, Attr, Content, Inode, Op, Piece, Ts};
+use super::segment::Segment;
+use super::table::Node;
+use super::{Error, Ino, Result, Store, corrupt, lock, rd, wr};
+
+impl Store {
+    fn seg(&self, idx: u64) -> &Segment {
+        // Extents only name blocks of segments that exist (checked at mount, made before use).
+        self.segments[idx as usize].get().expect("extent in a segment that exists")
+    }
+
+    /// Calls `f(segment, byte offset, len)` for the pieces of a physical byte range, split at
+    /// segment boundaries.
+    fn phys_ranges(&self, phys_byte: u64, len: u64, mut f: impl FnMut(&Segment, usize, usize)) {
+        let (ss, mut at, mut left) = (self.sb.segment_size, phys_byte, len);
+        while left > 0 {
+            let off = at % ss;
+            let n = left.min(ss - off);
+            f(self.seg(at / ss), off as usize, n as usize);
+            at += n;
+            left -= n;
+        }
+    }
+
+    pub fn open_file(&self, ino: Ino) -> Result<Attr> {
+        let node = self.node(ino)?;
+        let mut g = wr(&node);
+        if g.freed {
+            return Err(Error::NotFound);
+        }
+        g.opens += 1;
+        Ok(g.stat())
+    }
+
+    /// Closes one handle of `ino`: journals times changed by writes, and frees the inode if
+    /// this was the last handle of an unlinked file.
+    pub fn release(&self, ino: Ino) -> Result<()> {
+        let node = self.node(ino)?;
+        let last_of_unlinked = {
+            let mut g = wr(&node);
+            g.opens = g.opens.saturating_sub(1);
+            g.opens == 0 && g.attr.nlink == 0 && !g.freed
+        };
+        if last_of_unlinked {
+            let _g = rd(&self.gate);
+            let _ns = lock(&self.ns);
+            let mut g = wr(&node);
+            if g.opens == 0 && g.attr.nlink == 0 && !g.freed {
+                self.append(&[Op::Free { ino }])?;
+                let freed = meta::apply_free(&mut g);
+                let gone = g.lookups == 0;
+                drop(g);
+                self.release_blocks(freed);
+                if gone {
+                    self.remove_node(ino);
+                }
+            }
+        } else {
+            self.journal_times(ino, &node)?;
+        }
+        Ok(())
+    }
+
+    /// Journals mtime/ctime that data writes changed since they were last journaled.
+    fn journal_times(&self, ino: Ino, node: &Node) -> Result<()> {
+        if !rd(node).times_dirty {
+            return Ok(());
+        }
+        let _g = rd(&self.gate);
+        let mut n = wr(node);
+        if !n.times_dirty || n.freed {
+            return Ok(());
+        }
+        let a = n.attr;
+        let op =
+            Op::SetAttr { ino, perm: a.perm, uid: a.uid, gid: a.gid, atime: a.atime, mtime: a.mtime, ctime: a.ctime };
+        self.append(&[op])?;
+        n.times_dirty = false;
+        Ok(())
+    }
+
+    /// Reads up to `size` bytes at `off` and hands them to `f`: the mapped bytes themselves
+    /// when the range lies in one extent, else a gathered copy (holes as zeros).
+    pub fn read<R>(&self, ino: Ino, off: u64, size: u32, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let node = self.node(ino)?;
+        let g = rd(&node);
+        let x = match &g.content {
+            Content::File(x) => x,
+            Content::Dir(_) => return Err(Error::IsDir),
+            _ => return Err(Error::Invalid),
+        };
+        let end = g.attr.size.min(off.saturating_add(size as u64));
+        if off >= end {
+            return Ok(f(&[]));
+        }
+        let bs = self.bs;
+        let (first, last) = (off / bs, (end - 1) / bs + 1);
+        let mut single = None;
+        let mut pieces = 0;
+        x.pieces(first, last, |p| {
+            pieces += 1;
+            if let (1, Piece::Mapped { logical, phys, .. }) = (pieces, p) {
+                single = Some(phys * bs + (off - logical * bs));
+            }
+        });
+        if pieces == 1
+            && let Some(pb) = single
+        {
+            let (ss, len) = (self.sb.segment_size, end - off);
+            if pb % ss + len <= ss {
+                // SAFETY: we hold this inode's read lock until `f` returns; its blocks are
+                // written only under its write lock, and no other process maps segments.
+                let s = unsafe { self.seg(pb / ss).slice((pb % ss) as usize, len as usize) };
+                return Ok(f(s));
+            }
+        }
+        thread_local!(static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
+        GATHER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let len = (end - off) as usize;
+            buf.clear();
+            buf.resize(len, 0);
+            x.pieces(first, last, |p| {
+                if let Piece::Mapped { logical, phys, len: n } = p {
+                    // Clip the piece to off..end, in bytes.
+                    let lo = (logical * bs).max(off);
+                    let hi = ((logical + n) * bs).min(end);
+                    let mut dst = (lo - off) as usize;
+                    self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |seg, so, l| {
+                        seg.read_at(so, &mut buf[dst..dst + l]);
+                        dst += l;
+                    });
+                }
+            });
+            Ok(f(&buf))
+        })
+    }
+
+    /// Writes `data` at `off`; returns the bytes written (all of them, or an error).
+    pub fn write(&self, ino: Ino, off: u64, data: &[u8]) -> Result<usize> {
+        let end = off.checked_add(data.len() as u64).ok_or(Error::TooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Error::TooBig);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let node = self.node(ino)?;
+        let bs = self.bs;
+        let (first, last) = (off / bs, (end - 1) / bs + 1);
+        // Fast path: every block is stored and the size does not change: nothing to journal.
+        {
+            let mut g = wr(&node);
+            let fits = match &g.content {
+                Content::File(x) => end <= g.attr.size && x.covers(first, last),
+                Content::Dir(_) => return Err(Error::IsDir),
+                _ => return Err(Error::Invalid),
+            };
+            if fits {
+                self.copy_in(&mut g, off, data);
+                return Ok(data.len());
+            }
+        }
+        let _gate = rd(&self.gate);
+        let mut g = wr(&node);
+        if g.freed {
+            return Err(Error::NotFound);
+        }
+        let old_size = g.attr.size;
+        let Content::File(x) = &g.content else { return Err(Error::Invalid) };
+        // Allocate every hole in the range, all or nothing.
+        let mut holes = Vec::new();
+        x.pieces(first, last, |p| {
+            if let Piece::Hole { logical, len } = p {
+                holes.push((logical, len));
+            }
+        });
+        let mut maps = Vec::new();
+        {
+            let mut a = lock(&self.alloc);
+            for &(logical, len) in &holes {
+                let mut done = 0;
+                while done < len {
+                    let hint = maps
+                        .last()
+                        .and_then(|m: &Op| match m {
+                            Op::Map { logical: l, phys, len, .. } if l + len == logical + done => Some(phys + len),
+                            _ => None,
+                        })
+                        .or_else(|| x.hint(logical + done));
+                    let run = match a.alloc(len - done, hint) {
+                        Some(r) => r,
+                        None => match self.grow(&mut a) {
+                            Ok(()) => continue,
+                            Err(e) => {
+                                for m in &maps {
+                                    if let Op::Map { phys, len, .. } = m {
+                                        a.free(Run { start: *phys, len: *len });
+                                    }
+                                }
+                                return Err(e);
+                            }
+                        },
+                    };
+                    maps.push(Op::Map { ino, logical: logical + done, phys: run.start, len: run.len });
+                    done += run.len;
+                }
+            }
+        }
+        // Freshly allocated blocks may hold old data: zero what this write does not cover.
+        for m in &maps {
+            let Op::Map { logical, phys, len, .. } = *m else { continue };
+            let (lo, hi) = (logical * bs, (logical + len) * bs);
+            if lo < off {
+                self.phys_ranges(phys * bs, off - lo, |s, o, l| s.zero(o, l));
+            }
+            if hi > end {
+                self.phys_ranges(phys * bs + (end - lo), hi - end, |s, o, l| s.zero(o, l));
+            }
+        }
+        let now = Ts::now();
+        let mut ops = maps;
+        if end > old_size {
+            ops.push(Op::SetSize { ino, size: end, mtime: now, ctime: now });
+        }
+        for op in &ops {
+            match op {
+                Op::Map { .. } => meta::apply_map(&mut g, op).map_err(|e| Error::Corrupt(corrupt(e)))?,
+                _ => {
+                    // Bytes between the old end of file and this write were never visible:
+                    // they may be stale, so zero them before they become part of the file.
+                    self.zero_tail(&g, old_size, off);
+                    meta::apply_setsize(&mut g, op, bs).map_err(|e| Error::Corrupt(corrupt(e)))?;
+                }
+            }
+        }
+        // Data first, record second: a crash in between leaves the blocks unreferenced rather
+        // than a file that shows another file's old bytes.
+        self.copy_in(&mut g, off, data);
+        self.append(&ops)?;
+        drop(g);
+        drop(_gate);
+        self.maybe_checkpoint();
+        Ok(data.len())
+    }
+
+    /// Zeroes the stored bytes from `from` (an old end of file) to `to` within the block
+    /// holding `from`: bytes past EOF are not kept zero, they are zeroed when exposed.
+    fn zero_tail(&self, g: &Inode, from: u64, to: u64) {
+        let bs = self.bs;
+        if from.is_multiple_of(bs) || to <= from {
+            return;
+        }
+        let Some(x) = g.extents() else { return };
+        let stop = to.min((from / bs + 1) * bs);
+        x.pieces(from / bs, from / bs + 1, |p| {
+            if let Piece::Mapped { phys, .. } = p {
+                self.phys_ranges(phys * bs + from % bs, stop - from, |s, o, l| s.zero(o, l));
+            }
+        });
+    }
+
+    /// Copies `data` into the stored blocks at `off` (all stored) and marks them dirty.
+    fn copy_in(&self, g: &mut Inode, off: u64, data: &[u8]) {
+        let bs = self.bs;
+        let end = off + data.len() as u64;
+        let Content::File(x) = &g.content else { return };
+        let mut dirty = g.dirty.take().unwrap_or_default();
+        x.pieces(off / bs, (end - 1) / bs + 1, |p| {
+            if let Piece::Mapped { logical, phys, len } = p {
+                let lo = (logical * bs).max(off);
+                let hi = ((logical + len) * bs).min(end);
+                let mut src = (lo - off) as usize;
+                self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |seg, so, l| {
+                    seg.write_at(so, &data[src..src + l]);
+                    src += l;
+                });
+                note_dirty(&mut dirty, Run { start: phys, len });
+            }
+        });
+        g.dirty = Some(dirty);
+        let now = Ts::now();
+        g.attr.mtime = now;
+        g.attr.ctime = now;
+        g.times_dirty = true;
+    }
+
+    /// Adds a segment (up to the capacity).
+    fn grow(&self, a: &mut Allocator) -> Result<()> {
+        let idx = a.segments();
+        if idx >= self.sb.max_segments() {
+            return Err(Error::NoSpace);
+        }
+        let path = self.dir.join("segments").join(format!("{idx:06}.seg"));
+        let seg = Segment::create(&path, self.sb.segment_size as usize).map_err(|e| {
+            log::error!("cannot create segment {}: {e}", path.display());
+            if e.raw_os_error() == Some(libc::ENOSPC) { Error::NoSpace } else { Error::Io(e) }
+        })?;
+        let _ = self.segments[idx as usize].set(seg);
+        a.add_segment();
+        log::info!("segment {idx} added");
+        Ok(())
+    }
+
+    /// Sets a file's size: frees blocks past a smaller size; a larger size reads as zeros.
+    pub fn truncate(&self, ino: Ino, size: u64) -> Result<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Error::TooBig);
+        }
+        let _gate = rd(&self.gate);
+        let node = self.node(ino)?;
+        let mut g = wr(&node);
+        if g.freed {
+            return Err(Error::NotFound);
+        }
+        match &g.content {
+            Content::File(_) => {}
+            Content::Dir(_) => return Err(Error::IsDir),
+            _ => return Err(Error::Invalid),
+        }
+        let now = Ts::now();
+        let op = Op::SetSize { ino, size, mtime: now, ctime: now };
+        if size > g.attr.size {
+            self.zero_tail(&g, g.attr.size, size);
+        }
+        self.append(std::slice::from_ref(&op))?;
+        let freed = meta::apply_setsize(&mut g, &op, self.bs).map_err(|e| Error::Corrupt(corrupt(e)))?;
+        g.times_dirty = false;
+        drop(g);
+        self.release_blocks(freed);
+        drop(_gate);
+        self.maybe_checkpoint();
+        Ok(())
+    }
+
+    /// fsync/fdatasync: msync(MS_SYNC) of exactly the file's dirty ranges, then a durable
+    /// journal. A failed msync is sticky: every later fsync fails too.
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        let node = self.node(ino)?;
+        self.journal_times(ino, &node)?;
+        let mut runs = wr(&node).dirty.take().map(|b| *b).unwrap_or_default();
+        runs.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Run> = Vec::with_capacity(runs.len());
+        for r in runs {
+            match merged.last_mut() {
+                Some(m) if m.start + m.len >= r.start => m.len = m.len.max(r.start + r.len - m.start),
+                _ => merged.push(r),
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut res = Ok(());
+        let bs = self.bs;
+        for r in &merged {
+            self.phys_ranges(r.start * bs, r.len * bs, |seg, o, l| {
+                if res.is_ok() {
+                    res = seg.sync_range(o, l);
+                }
+            });
+        }
+        let c = &self.counters;
+        c.msync_calls.fetch_add(merged.len() as u64, Ordering::Relaxed);
+        c.msync_bytes.fetch_add(merged.iter().map(|r| r.len * bs).sum(), Ordering::Relaxed);
+        c.msync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Err(e) = res {
+            log::error!("msync failed for inode {ino}: {e}; the store refuses further fsyncs");
+            self.failed.store(true, Ordering::Release);
+            return Err(Error::Io(e));
+        }
+        self.sync_journal()
+    }
+
+    /// Makes the journal durable (fsyncdir, and the tail of every fsync).
+    pub fn sync_journal(&self) -> Result<()> {
+        if let Err(e) = self.journal.sync() {
+            self.failed.store(true, Ordering::Release);
+            return Err(Error::Io(e));
+        }
+        Ok(())
+    }
+}
+
+/// Largest file size: block numbers must fit comfortably in 64 bits.
+pub const MAX_FILE_SIZE: u64 = 1 << 52;
+
+/// Records a written physical run for the next fsync, merging with the previous one.
+fn note_dirty(dirty: &mut Vec<Run>, r: Run) {
+    if let Some(l) = dirty.last_mut()
+        && r.start >= l.start
+        && r.start <= l.start + l.len
+    {
+        l.len = l.len.max(r.start + r.len - l.start);
+        return;
+    }
+    dirty.push(r);
+}
