@@ -123,6 +123,11 @@ impl Mounted {
         lazy_umount(&self.mnt);
     }
 
+    /// Hands the daemon process to the caller, who becomes responsible for ending it.
+    pub fn take_child(&mut self) -> Child {
+        self.child.take().expect("running")
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.start().expect("remount");
