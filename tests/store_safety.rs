@@ -120,6 +120,29 @@ fn corrupt_journal_record_is_refused_untouched() {
 }
 
 #[test]
+fn corrupt_checkpoint_and_truncated_segment_are_refused_untouched() {
+    let mut m = Mounted::new(&["--segment-size", "1M", "--capacity", "8M"]);
+    fs::write(m.path("f"), vec![3u8; 100_000]).unwrap();
+    m.stop();
+    let ck = m.store.join("meta/checkpoint");
+    let good = fs::read(&ck).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x80;
+    fs::write(&ck, &bad).unwrap();
+    let before = snapshot(&m.store);
+    let log = mount_fails(&mut m);
+    assert!(log.contains("damaged") && log.contains("checkpoint") && log.contains("checksum"), "{log}");
+    assert!(snapshot(&m.store) == before);
+    // Restore it, then cut a segment short: mapping it would SIGBUS, so it is refused.
+    fs::write(&ck, &good).unwrap();
+    let seg = m.store.join("segments/000000.seg");
+    OpenOptions::new().write(true).open(&seg).unwrap().set_len(4096).unwrap();
+    let log = mount_fails(&mut m);
+    assert!(log.contains("damaged") && log.contains("000000.seg"), "{log}");
+}
+
+#[test]
 fn foreign_directories_and_other_versions_are_refused_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let foreign = tmp.path().join("foreign");
