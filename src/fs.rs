@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::store::meta::{Attr, Kind, Ts};
@@ -116,6 +116,18 @@ fn errno(e: &Error) -> Errno {
         log::warn!("request failed: {io}");
     }
     Errno::from_i32(e.errno())
+}
+
+/// Answers a getxattr/listxattr: the size when asked for it (`size == 0`), ERANGE when the
+/// caller's buffer is too small, else the bytes.
+fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(v);
+    }
 }
 
 fn empty(reply: ReplyEmpty, r: Result<(), Error>) {
@@ -287,8 +299,14 @@ impl Filesystem for MmapFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return empty(
+                reply,
+                call(|| self.store.exchange(parent.0, name.as_bytes(), newparent.0, newname.as_bytes())),
+            );
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         empty(reply, call(|| self.store.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), noreplace)));
@@ -428,6 +446,97 @@ impl Filesystem for MmapFs {
             NAME_MAX as u32,
             s.block_size,
         );
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, call(|| self.store.link(ino.0, newparent.0, newname.as_bytes())));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (create, replace) = (flags & libc::XATTR_CREATE != 0, flags & libc::XATTR_REPLACE != 0);
+        empty(reply, call(|| self.store.setxattr(ino.0, name.as_bytes(), value, create, replace)));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let mut reply = Some(reply);
+        let r = call(|| {
+            self.store.getxattr(ino.0, name.as_bytes(), |v| {
+                if let Some(r) = reply.take() {
+                    xattr_reply(r, size, v);
+                }
+            })
+        });
+        if let (Err(e), Some(r)) = (r, reply.take()) {
+            r.error(errno(&e));
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match call(|| self.store.listxattr(ino.0)) {
+            Ok(list) => xattr_reply(reply, size, &list),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, call(|| self.store.removexattr(ino.0, name.as_bytes())));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, call(|| self.store.fallocate(ino.0, offset, length, mode)));
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        // The kernel sends only SEEK_DATA and SEEK_HOLE; it handles the others itself.
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(off) = u64::try_from(offset) else { return reply.error(Errno::ENXIO) };
+        match call(|| self.store.seek(ino.0, off, data)) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // A reply counts at most u32::MAX bytes; the caller loops for the rest.
+        let len = len.min(1 << 30);
+        match call(|| self.store.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

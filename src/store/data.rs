@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 
 use super::alloc::{Allocator, Run};
-use super::meta::{self, Attr, Content, Inode, Op, Piece, Ts};
+use super::meta::{self, Attr, Content, Extents, Inode, Kind, Op, Piece, Ts};
 use super::segment::Segment;
 use super::table::Node;
 use super::{Error, Ino, Result, Store, corrupt, lock, rd, wr};
@@ -174,56 +174,9 @@ impl Store {
         }
         let old_size = g.attr.size;
         let Content::File(x) = &g.content else { return Err(Error::Invalid) };
-        // Allocate every hole in the range, all or nothing.
-        let mut holes = Vec::new();
-        x.pieces(first, last, |p| {
-            if let Piece::Hole { logical, len } = p {
-                holes.push((logical, len));
-            }
-        });
-        let mut maps = Vec::new();
-        {
-            let mut a = lock(&self.alloc);
-            for &(logical, len) in &holes {
-                let mut done = 0;
-                while done < len {
-                    let hint = maps
-                        .last()
-                        .and_then(|m: &Op| match m {
-                            Op::Map { logical: l, phys, len, .. } if l + len == logical + done => Some(phys + len),
-                            _ => None,
-                        })
-                        .or_else(|| x.hint(logical + done));
-                    let run = match a.alloc(len - done, hint) {
-                        Some(r) => r,
-                        None => match self.grow(&mut a) {
-                            Ok(()) => continue,
-                            Err(e) => {
-                                for m in &maps {
-                                    if let Op::Map { phys, len, .. } = m {
-                                        a.free(Run { start: *phys, len: *len });
-                                    }
-                                }
-                                return Err(e);
-                            }
-                        },
-                    };
-                    maps.push(Op::Map { ino, logical: logical + done, phys: run.start, len: run.len });
-                    done += run.len;
-                }
-            }
-        }
+        let maps = self.allocate(ino, x, first, last)?;
         // Freshly allocated blocks may hold old data: zero what this write does not cover.
-        for m in &maps {
-            let Op::Map { logical, phys, len, .. } = *m else { continue };
-            let (lo, hi) = (logical * bs, (logical + len) * bs);
-            if lo < off {
-                self.phys_ranges(phys * bs, off - lo, |s, o, l| s.zero(o, l));
-            }
-            if hi > end {
-                self.phys_ranges(phys * bs + (end - lo), hi - end, |s, o, l| s.zero(o, l));
-            }
-        }
+        self.zero_new(&maps, off, end);
         let now = Ts::now();
         let mut ops = maps;
         if end > old_size {
@@ -250,6 +203,185 @@ impl Store {
         Ok(data.len())
     }
 
+    /// Allocates every hole in logical blocks `first..last`, all or nothing; returns the `Map`
+    /// ops (not yet applied or journaled).
+    fn allocate(&self, ino: Ino, x: &Extents, first: u64, last: u64) -> Result<Vec<Op>> {
+        let mut holes = Vec::new();
+        x.pieces(first, last, |p| {
+            if let Piece::Hole { logical, len } = p {
+                holes.push((logical, len));
+            }
+        });
+        let mut maps: Vec<Op> = Vec::with_capacity(holes.len());
+        let mut a = lock(&self.alloc);
+        for (logical, len) in holes {
+            let mut done = 0;
+            while done < len {
+                // Continue the previous new run, or the extent before the hole.
+                let hint = match maps.last() {
+                    Some(Op::Map { logical: l, phys, len, .. }) if l + len == logical + done => Some(phys + len),
+                    _ => x.hint(logical + done),
+                };
+                let run = match a.alloc(len - done, hint) {
+                    Some(r) => r,
+                    None => match self.grow(&mut a) {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            for m in &maps {
+                                if let Op::Map { phys, len, .. } = m {
+                                    a.free(Run { start: *phys, len: *len });
+                                }
+                            }
+                            return Err(e);
+                        }
+                    },
+                };
+                maps.push(Op::Map { ino, logical: logical + done, phys: run.start, len: run.len });
+                done += run.len;
+            }
+        }
+        Ok(maps)
+    }
+
+    /// Zeroes the newly allocated blocks of `maps` except the bytes `keep_from..keep_to`.
+    fn zero_new(&self, maps: &[Op], keep_from: u64, keep_to: u64) {
+        let bs = self.bs;
+        for m in maps {
+            let Op::Map { logical, phys, len, .. } = *m else { continue };
+            let (lo, hi) = (logical * bs, (logical + len) * bs);
+            let (k0, k1) = (keep_from.clamp(lo, hi), keep_to.clamp(lo, hi));
+            if k0 > lo {
+                self.phys_ranges(phys * bs, k0 - lo, |s, o, l| s.zero(o, l));
+            }
+            if hi > k1 {
+                self.phys_ranges(phys * bs + (k1 - lo), hi - k1, |s, o, l| s.zero(o, l));
+            }
+        }
+    }
+
+    /// Zeroes the stored bytes of `from..to` and marks them dirty.
+    fn zero_stored(&self, g: &mut Inode, from: u64, to: u64) {
+        let bs = self.bs;
+        if to <= from {
+            return;
+        }
+        let Content::File(x) = &g.content else { return };
+        let dirty = &mut g.extra.get_or_insert_with(Default::default).dirty;
+        x.pieces(from / bs, (to - 1) / bs + 1, |p| {
+            if let Piece::Mapped { logical, phys, len } = p {
+                let lo = (logical * bs).max(from);
+                let hi = ((logical + len) * bs).min(to);
+                self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |s, o, l| s.zero(o, l));
+                note_dirty(dirty, Run { start: phys, len });
+            }
+        });
+    }
+
+    /// fallocate(2): mode 0 and `KEEP_SIZE` allocate (holes read zeros), `PUNCH_HOLE` frees
+    /// whole blocks and zeroes partial ones, `ZERO_RANGE` zeroes and allocates. Other modes are
+    /// not supported.
+    pub fn fallocate(&self, ino: Ino, off: u64, len: u64, mode: i32) -> Result<()> {
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !(KEEP | PUNCH | ZERO) != 0 || (mode & PUNCH != 0 && mode & ZERO != 0) {
+            return Err(Error::Unsupported);
+        }
+        if len == 0 {
+            return Err(Error::Invalid);
+        }
+        let end = off.checked_add(len).ok_or(Error::TooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Error::TooBig);
+        }
+        let bs = self.bs;
+        let _gate = rd(&self.gate);
+        let node = self.node(ino)?;
+        let mut g = wr(&node);
+        if g.freed {
+            return Err(Error::NotFound);
+        }
+        let Content::File(x) = &g.content else {
+            return Err(if g.attr.kind == Kind::Dir { Error::IsDir } else { Error::Invalid });
+        };
+        let now = Ts::now();
+        if mode & PUNCH != 0 {
+            // Whole blocks go; the partial blocks at either edge are zeroed in place.
+            let (first, last) = (off.div_ceil(bs), end / bs);
+            if first < last {
+                self.zero_stored(&mut g, off, first * bs);
+                self.zero_stored(&mut g, last * bs, end);
+            } else {
+                self.zero_stored(&mut g, off, end);
+            }
+            let op = Op::Punch { ino, logical: first, len: last.saturating_sub(first), time: now };
+            self.append(std::slice::from_ref(&op))?;
+            let freed = meta::apply_punch(&mut g, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+            drop(g);
+            self.release_blocks(freed);
+            return Ok(());
+        }
+        let old_size = g.attr.size;
+        let maps = self.allocate(ino, x, off / bs, end.div_ceil(bs))?;
+        self.zero_new(&maps, 0, 0);
+        if mode & ZERO != 0 {
+            self.zero_stored(&mut g, off, end);
+        }
+        let mut ops = maps;
+        if mode & KEEP == 0 && end > old_size {
+            self.zero_tail(&g, old_size, end);
+            ops.push(Op::SetSize { ino, size: end, mtime: now, ctime: now });
+        } else if mode & ZERO != 0 {
+            ops.push(Op::SetSize { ino, size: old_size, mtime: now, ctime: now });
+        }
+        for op in &ops {
+            match op {
+                Op::Map { .. } => meta::apply_map(&mut g, op),
+                _ => meta::apply_setsize(&mut g, op, bs).map(drop),
+            }
+            .map_err(|e| Error::Corrupt(corrupt(e)))?;
+        }
+        if !ops.is_empty() {
+            self.append(&ops)?;
+        }
+        Ok(())
+    }
+
+    /// lseek(2) with SEEK_DATA (`data`) or SEEK_HOLE: the next data or hole offset at or
+    /// after `off`; the end of file counts as a hole.
+    pub fn seek(&self, ino: Ino, off: u64, data: bool) -> Result<u64> {
+        let node = self.node(ino)?;
+        let g = rd(&node);
+        let Content::File(x) = &g.content else { return Err(Error::Invalid) };
+        x.seek(off, g.attr.size, data, self.bs).ok_or(Error::NoSuchOffset)
+    }
+
+    /// copy_file_range(2) inside the daemon: the data moves from one mapping to another
+    /// through a per-thread buffer, never through the client. Returns the bytes copied.
+    pub fn copy_range(&self, src: Ino, off_in: u64, dst: Ino, off_out: u64, len: u64) -> Result<usize> {
+        const CHUNK: u64 = 1 << 20;
+        thread_local!(static COPY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
+        let mut done = 0u64;
+        while done < len {
+            let want = (len - done).min(CHUNK) as u32;
+            // Copy out first and release the source lock: src and dst may be the same inode.
+            let got = COPY.with(|c| {
+                self.read(src, off_in + done, want, |b| {
+                    let mut c = c.borrow_mut();
+                    c.clear();
+                    c.extend_from_slice(b);
+                    b.len()
+                })
+            })?;
+            if got == 0 {
+                break;
+            }
+            COPY.with(|c| self.write(dst, off_out + done, &c.borrow()))?;
+            done += got as u64;
+        }
+        Ok(done as usize)
+    }
+
     /// Zeroes the stored bytes from `from` (an old end of file) to `to` within the block
     /// holding `from`: bytes past EOF are not kept zero, they are zeroed when exposed.
     fn zero_tail(&self, g: &Inode, from: u64, to: u64) {
@@ -271,7 +403,7 @@ impl Store {
         let bs = self.bs;
         let end = off + data.len() as u64;
         let Content::File(x) = &g.content else { return };
-        let mut dirty = g.dirty.take().unwrap_or_default();
+        let dirty = &mut g.extra.get_or_insert_with(Default::default).dirty;
         x.pieces(off / bs, (end - 1) / bs + 1, |p| {
             if let Piece::Mapped { logical, phys, len } = p {
                 let lo = (logical * bs).max(off);
@@ -281,10 +413,9 @@ impl Store {
                     seg.write_at(so, &data[src..src + l]);
                     src += l;
                 });
-                note_dirty(&mut dirty, Run { start: phys, len });
+                note_dirty(dirty, Run { start: phys, len });
             }
         });
-        g.dirty = Some(dirty);
         let now = Ts::now();
         g.attr.mtime = now;
         g.attr.ctime = now;
@@ -347,7 +478,7 @@ impl Store {
         }
         let node = self.node(ino)?;
         self.journal_times(ino, &node)?;
-        let mut runs = wr(&node).dirty.take().map(|b| *b).unwrap_or_default();
+        let mut runs = wr(&node).take_dirty();
         runs.sort_unstable_by_key(|r| r.start);
         let mut merged: Vec<Run> = Vec::with_capacity(runs.len());
         for r in runs {

@@ -27,6 +27,18 @@ pub enum Error {
     TooBig,
     /// Not supported by this operation or kind (EOPNOTSUPP).
     Unsupported,
+    /// Not permitted, e.g. a hard link to a directory (EPERM).
+    NotPermitted,
+    /// Too many hard links (EMLINK).
+    TooManyLinks,
+    /// No such extended attribute (ENODATA).
+    NoData,
+    /// An extended attribute name too long, or a buffer too small (ERANGE).
+    Range,
+    /// An extended attribute value too large (E2BIG).
+    ValueTooBig,
+    /// No data or hole at or after the offset (ENXIO).
+    NoSuchOffset,
     /// An I/O error of the store's own files; also sticky after a failed msync (EIO).
     Io(io::Error),
     /// The directory is not an mmapfs store.
@@ -59,6 +71,12 @@ impl Error {
             Error::Invalid => libc::EINVAL,
             Error::TooBig => libc::EFBIG,
             Error::Unsupported => libc::EOPNOTSUPP,
+            Error::NotPermitted => libc::EPERM,
+            Error::TooManyLinks => libc::EMLINK,
+            Error::NoData => libc::ENODATA,
+            Error::Range => libc::ERANGE,
+            Error::ValueTooBig => libc::E2BIG,
+            Error::NoSuchOffset => libc::ENXIO,
             Error::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => libc::ENOSPC,
             _ => libc::EIO,
         }

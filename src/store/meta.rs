@@ -216,6 +216,54 @@ impl Extents {
         }
     }
 
+    /// Drops the blocks in `start..end`; returns the freed physical runs.
+    pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<Run> {
+        let mut freed = Vec::new();
+        let mut kept = Vec::new();
+        let i = self.first_after(start);
+        let mut j = i;
+        while j < self.list.len() && self.list[j].logical < end {
+            let e = self.list[j];
+            let (lo, hi) = (start.max(e.logical), end.min(e.logical + e.len));
+            freed.push(Run { start: e.phys + (lo - e.logical), len: hi - lo });
+            if e.logical < lo {
+                kept.push(Extent { len: lo - e.logical, ..e });
+            }
+            if hi < e.logical + e.len {
+                kept.push(Extent { logical: hi, phys: e.phys + (hi - e.logical), len: e.logical + e.len - hi });
+            }
+            j += 1;
+        }
+        self.list.splice(i..j, kept);
+        self.blocks -= freed.iter().map(|r| r.len).sum::<u64>();
+        freed
+    }
+
+    /// The first data offset (`data == true`) or hole offset at or after `off`, in bytes, below
+    /// `size`; `None` if there is none (for holes, EOF counts as one).
+    pub fn seek(&self, off: u64, size: u64, data: bool, bs: u64) -> Option<u64> {
+        if off >= size {
+            return None;
+        }
+        let mut found = None;
+        self.pieces(off / bs, size.div_ceil(bs), |p| {
+            if found.is_some() {
+                return;
+            }
+            match (p, data) {
+                (Piece::Mapped { logical, .. }, true) | (Piece::Hole { logical, .. }, false) => {
+                    found = Some((logical * bs).max(off));
+                }
+                _ => {}
+            }
+        });
+        match (found, data) {
+            (Some(o), _) if o < size => Some(o),
+            (_, false) => Some(size),
+            _ => None,
+        }
+    }
+
     /// Drops every block at or after logical block `from`; returns the freed physical runs.
     pub fn truncate(&mut self, from: u64) -> Vec<Run> {
         let i = self.first_after(from);
@@ -348,6 +396,22 @@ impl Dir {
         Some(e)
     }
 
+    /// Points an existing entry at another inode; returns the inode it pointed at.
+    fn replace(&mut self, name: &[u8], ino: Ino, kind: Kind) -> Option<Ino> {
+        let p = self.position(name)?;
+        let e = &mut self.entries[p];
+        let old = e.ino;
+        match (e.kind == Kind::Dir, kind == Kind::Dir) {
+            (true, false) => self.subdirs -= 1,
+            (false, true) => self.subdirs += 1,
+            _ => {}
+        }
+        let e = &mut self.entries[p];
+        e.ino = ino;
+        e.kind = kind;
+        Some(old)
+    }
+
     /// Drops tombstones; positions change, cookies do not.
     fn compact(&mut self) {
         self.entries.retain(|e| e.ino != 0);
@@ -370,6 +434,18 @@ pub enum Content {
     Special,
 }
 
+/// An extended attribute: name, value.
+pub type Xattr = (Box<[u8]>, Box<[u8]>);
+
+/// The rarely used parts of an inode.
+#[derive(Debug, Default)]
+pub struct Extra {
+    /// Physical runs written since the last fsync of this file.
+    pub dirty: Vec<Run>,
+    /// Extended attributes, in the order they were set.
+    pub xattrs: Vec<Xattr>,
+}
+
 /// An inode as the store keeps it in memory.
 #[derive(Debug)]
 pub struct Inode {
@@ -379,8 +455,8 @@ pub struct Inode {
     pub opens: u32,
     /// The kernel's lookup count (not persistent).
     pub lookups: u64,
-    /// Physical runs written since the last fsync of this file (boxed: most inodes have none).
-    pub dirty: Option<Box<Vec<Run>>>,
+    /// Dirty runs and extended attributes, boxed: most inodes have neither.
+    pub extra: Option<Box<Extra>>,
     /// mtime/ctime changed by data writes and not yet in the journal.
     pub times_dirty: bool,
     /// Freed (unlinked and closed); the number stays reserved until the kernel forgets it.
@@ -389,7 +465,24 @@ pub struct Inode {
 
 impl Inode {
     pub fn new(attr: Attr, content: Content) -> Inode {
-        Inode { attr, content, opens: 0, lookups: 0, dirty: None, times_dirty: false, freed: false }
+        Inode { attr, content, opens: 0, lookups: 0, extra: None, times_dirty: false, freed: false }
+    }
+
+    pub fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Takes the dirty runs, leaving none.
+    pub fn take_dirty(&mut self) -> Vec<Run> {
+        self.extra.as_mut().map(|e| std::mem::take(&mut e.dirty)).unwrap_or_default()
+    }
+
+    pub fn xattrs(&self) -> &[Xattr] {
+        self.extra.as_ref().map_or(&[], |e| &e.xattrs)
+    }
+
+    pub fn xattr(&self, name: &[u8]) -> Option<&[u8]> {
+        self.xattrs().iter().find(|(n, _)| **n == *name).map(|(_, v)| &**v)
     }
 
     pub fn dir(&self) -> Option<&Dir> {
@@ -453,6 +546,16 @@ pub enum Op {
     SetSize { ino: Ino, size: u64, mtime: Ts, ctime: Ts },
     /// Maps logical blocks of a file to freshly allocated physical blocks.
     Map { ino: Ino, logical: u64, phys: BlockNo, len: u64 },
+    /// A new name `parent/name` for an existing inode (hard link).
+    Link { ino: Ino, parent: Ino, name: Vec<u8>, time: Ts },
+    /// Swaps the inodes behind `parent/name` and `newparent/newname` (RENAME_EXCHANGE).
+    Exchange { parent: Ino, name: Vec<u8>, newparent: Ino, newname: Vec<u8>, time: Ts },
+    /// Sets an extended attribute (creating or replacing it).
+    SetXattr { ino: Ino, name: Vec<u8>, value: Vec<u8>, time: Ts },
+    /// Removes an extended attribute.
+    RemoveXattr { ino: Ino, name: Vec<u8>, time: Ts },
+    /// Frees the stored blocks in `logical..logical+len` (punch hole); they read as zeros.
+    Punch { ino: Ino, logical: u64, len: u64, time: Ts },
 }
 
 /// Why an op could not be applied: the journal contradicts the state it applies to.
@@ -467,6 +570,11 @@ impl Op {
     const SETATTR: u8 = 5;
     const SETSIZE: u8 = 6;
     const MAP: u8 = 7;
+    const LINK: u8 = 8;
+    const EXCHANGE: u8 = 9;
+    const SETXATTR: u8 = 10;
+    const REMOVEXATTR: u8 = 11;
+    const PUNCH: u8 = 12;
 
     pub fn encode(&self, e: &mut Enc) {
         match self {
@@ -525,6 +633,41 @@ impl Op {
                 e.u64(*phys);
                 e.u64(*len);
             }
+            Op::Link { ino, parent, name, time } => {
+                e.u8(Self::LINK);
+                e.u64(*ino);
+                e.u64(*parent);
+                e.bytes(name);
+                ts(e, *time);
+            }
+            Op::Exchange { parent, name, newparent, newname, time } => {
+                e.u8(Self::EXCHANGE);
+                e.u64(*parent);
+                e.bytes(name);
+                e.u64(*newparent);
+                e.bytes(newname);
+                ts(e, *time);
+            }
+            Op::SetXattr { ino, name, value, time } => {
+                e.u8(Self::SETXATTR);
+                e.u64(*ino);
+                e.bytes(name);
+                e.bytes(value);
+                ts(e, *time);
+            }
+            Op::RemoveXattr { ino, name, time } => {
+                e.u8(Self::REMOVEXATTR);
+                e.u64(*ino);
+                e.bytes(name);
+                ts(e, *time);
+            }
+            Op::Punch { ino, logical, len, time } => {
+                e.u8(Self::PUNCH);
+                e.u64(*ino);
+                e.u64(*logical);
+                e.u64(*len);
+                ts(e, *time);
+            }
         }
     }
 
@@ -562,6 +705,19 @@ impl Op {
             },
             Self::SETSIZE => Op::SetSize { ino: d.u64()?, size: d.u64()?, mtime: get_ts(d)?, ctime: get_ts(d)? },
             Self::MAP => Op::Map { ino: d.u64()?, logical: d.u64()?, phys: d.u64()?, len: d.u64()? },
+            Self::LINK => Op::Link { ino: d.u64()?, parent: d.u64()?, name: d.bytes()?.to_vec(), time: get_ts(d)? },
+            Self::EXCHANGE => Op::Exchange {
+                parent: d.u64()?,
+                name: d.bytes()?.to_vec(),
+                newparent: d.u64()?,
+                newname: d.bytes()?.to_vec(),
+                time: get_ts(d)?,
+            },
+            Self::SETXATTR => {
+                Op::SetXattr { ino: d.u64()?, name: d.bytes()?.to_vec(), value: d.bytes()?.to_vec(), time: get_ts(d)? }
+            }
+            Self::REMOVEXATTR => Op::RemoveXattr { ino: d.u64()?, name: d.bytes()?.to_vec(), time: get_ts(d)? },
+            Self::PUNCH => Op::Punch { ino: d.u64()?, logical: d.u64()?, len: d.u64()?, time: get_ts(d)? },
             _ => return Err(Truncated),
         })
     }
@@ -690,7 +846,7 @@ pub fn apply_rename(
 /// Applies `Op::Free`: drops the content; returns the blocks to free.
 pub fn apply_free(inode: &mut Inode) -> Vec<Run> {
     inode.freed = true;
-    inode.dirty = None;
+    inode.extra = None;
     match std::mem::replace(&mut inode.content, Content::Special) {
         Content::File(mut x) => x.truncate(0),
         _ => Vec::new(),
@@ -715,10 +871,101 @@ pub fn apply_setsize(inode: &mut Inode, op: &Op, block_size: u64) -> Result<Vec<
     let Content::File(x) = &mut inode.content else {
         return Err(bad("size change of a non-file"));
     };
-    let freed = x.truncate(size.div_ceil(block_size));
+    // Only a shrink frees blocks: blocks preallocated past EOF (fallocate KEEP_SIZE) survive
+    // growth, as on ext4.
+    let freed = if *size < inode.attr.size { x.truncate(size.div_ceil(block_size)) } else { Vec::new() };
     inode.attr.size = *size;
     inode.attr.mtime = *mtime;
     inode.attr.ctime = *ctime;
+    Ok(freed)
+}
+
+/// Applies `Op::Link` to the new parent and the linked inode.
+pub fn apply_link(parent: &mut Inode, child: &mut Inode, op: &Op) -> Result<(), Inconsistent> {
+    let Op::Link { ino, name, time, .. } = op else { unreachable!() };
+    let kind = child.attr.kind;
+    let dir = parent.dir_mut().ok_or_else(|| bad("link in a non-directory"))?;
+    if dir.get(name).is_some() || kind == Kind::Dir || child.attr.ino != *ino {
+        return Err(bad("link onto an existing name, of a directory, or of another inode"));
+    }
+    dir.add(name, *ino, kind);
+    parent.attr.mtime = *time;
+    parent.attr.ctime = *time;
+    child.attr.nlink += 1;
+    child.attr.ctime = *time;
+    Ok(())
+}
+
+/// Applies `Op::Exchange`: `a` is behind `parent/name`, `b` behind `newparent/newname`
+/// (`newparent` is `None` when it is `parent`).
+pub fn apply_exchange(
+    parent: &mut Inode,
+    newparent: Option<&mut Inode>,
+    a: &mut Inode,
+    b: &mut Inode,
+    op: &Op,
+) -> Result<(), Inconsistent> {
+    let Op::Exchange { parent: p_ino, name, newparent: np_ino, newname, time } = op else { unreachable!() };
+    let (ka, kb) = (a.attr.kind, b.attr.kind);
+    let ea = parent
+        .dir_mut()
+        .and_then(|d| d.replace(name, b.attr.ino, kb))
+        .ok_or_else(|| bad("exchange of a missing name"))?;
+    let np = match newparent {
+        Some(p) => p,
+        None => parent,
+    };
+    let eb = np
+        .dir_mut()
+        .and_then(|d| d.replace(newname, a.attr.ino, ka))
+        .ok_or_else(|| bad("exchange of a missing name"))?;
+    if ea != a.attr.ino || eb != b.attr.ino {
+        return Err(bad("exchange names do not match the inodes"));
+    }
+    np.attr.mtime = *time;
+    np.attr.ctime = *time;
+    if let Content::Dir(d) = &mut a.content {
+        d.parent = *np_ino;
+    }
+    if let Content::Dir(d) = &mut b.content {
+        d.parent = *p_ino;
+    }
+    a.attr.ctime = *time;
+    b.attr.ctime = *time;
+    Ok(())
+}
+
+/// Applies `Op::SetXattr` / `Op::RemoveXattr`.
+pub fn apply_xattr(inode: &mut Inode, op: &Op) -> Result<(), Inconsistent> {
+    match op {
+        Op::SetXattr { name, value, time, .. } => {
+            let x = &mut inode.extra_mut().xattrs;
+            match x.iter_mut().find(|(n, _)| **n == **name) {
+                Some(slot) => slot.1 = value.clone().into_boxed_slice(),
+                None => x.push((name.clone().into_boxed_slice(), value.clone().into_boxed_slice())),
+            }
+            inode.attr.ctime = *time;
+        }
+        Op::RemoveXattr { name, time, .. } => {
+            let x = &mut inode.extra_mut().xattrs;
+            let i = x.iter().position(|(n, _)| **n == **name).ok_or_else(|| bad("removal of a missing xattr"))?;
+            x.remove(i);
+            inode.attr.ctime = *time;
+        }
+        _ => unreachable!(),
+    }
+    Ok(())
+}
+
+/// Applies `Op::Punch`; returns the freed blocks.
+pub fn apply_punch(inode: &mut Inode, op: &Op) -> Result<Vec<Run>, Inconsistent> {
+    let Op::Punch { logical, len, time, .. } = op else { unreachable!() };
+    let Content::File(x) = &mut inode.content else {
+        return Err(bad("punch of a non-file"));
+    };
+    let freed = x.remove_range(*logical, logical.saturating_add(*len));
+    inode.attr.mtime = *time;
+    inode.attr.ctime = *time;
     Ok(freed)
 }
 
@@ -780,6 +1027,11 @@ pub fn encode_inode(e: &mut Enc, i: &Inode) {
         Content::Symlink(t) => e.bytes(t),
         Content::Special => {}
     }
+    e.u32(i.xattrs().len() as u32);
+    for (n, v) in i.xattrs() {
+        e.bytes(n);
+        e.bytes(v);
+    }
 }
 
 /// Decodes an inode written by [`encode_inode`].
@@ -836,7 +1088,14 @@ pub fn decode_inode(d: &mut Dec<'_>) -> Result<Inode, Truncated> {
         _ => Content::Special,
     };
     attr.blocks = 0;
-    Ok(Inode::new(attr, content))
+    let mut inode = Inode::new(attr, content);
+    let n = d.u32()?;
+    for _ in 0..n {
+        let name = d.bytes()?.into();
+        let value = d.bytes()?.into();
+        inode.extra_mut().xattrs.push((name, value));
+    }
+    Ok(inode)
 }
 
 #[cfg(test)]

@@ -497,6 +497,35 @@ fn replay_op(table: &Table, op: &Op, bs: u64, next_ino: &mut u64) -> std::result
             meta::apply_setsize(&mut wr(&*get(*ino)?), op, bs).map_err(bad)?;
         }
         Op::Map { ino, .. } => meta::apply_map(&mut wr(&*get(*ino)?), op).map_err(bad)?,
+        Op::Link { ino, parent, .. } => {
+            let (pn, cn) = (get(*parent)?, get(*ino)?);
+            meta::apply_link(&mut wr(&pn), &mut wr(&cn), op).map_err(bad)?;
+        }
+        Op::Exchange { parent, name, newparent, newname, .. } => {
+            let a = rd(&*get(*parent)?)
+                .dir()
+                .and_then(|d| d.get(name))
+                .map(|e| e.ino)
+                .ok_or("exchange of a missing name")?;
+            let b = rd(&*get(*newparent)?)
+                .dir()
+                .and_then(|d| d.get(newname))
+                .map(|e| e.ino)
+                .ok_or("exchange of a missing name")?;
+            if a == b {
+                return Err("exchange of an inode with itself".into());
+            }
+            let (pn, npn, an, bn) = (get(*parent)?, get(*newparent)?, get(a)?, get(b)?);
+            let mut pg = wr(&pn);
+            let mut npg = if newparent != parent { Some(wr(&npn)) } else { None };
+            meta::apply_exchange(&mut pg, npg.as_deref_mut(), &mut wr(&an), &mut wr(&bn), op).map_err(bad)?;
+        }
+        Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. } => {
+            meta::apply_xattr(&mut wr(&*get(*ino)?), op).map_err(bad)?
+        }
+        Op::Punch { ino, .. } => {
+            meta::apply_punch(&mut wr(&*get(*ino)?), op).map_err(bad)?;
+        }
     }
     Ok(())
 }

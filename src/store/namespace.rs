@@ -16,6 +16,17 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Most links one inode may have (as ext4).
+const LINK_MAX: u32 = 65_000;
+/// Longest extended attribute name (Linux XATTR_NAME_MAX).
+const XATTR_NAME_MAX: usize = 255;
+/// Largest extended attribute value (Linux XATTR_SIZE_MAX; the kernel refuses more with E2BIG).
+const XATTR_SIZE_MAX: usize = 65_536;
+/// Extended attribute namespaces mmapfs stores.
+const XATTR_NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+/// Most bytes of names and values one inode may carry; more is ENOSPC.
+const XATTR_TOTAL_MAX: usize = 1 << 20;
+
 impl Store {
     /// Attributes of `parent/name`; counts one kernel lookup.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
@@ -78,6 +89,13 @@ impl Store {
         if dir.get(name).is_some() {
             return Err(Error::Exists);
         }
+        // A set-group-ID directory passes its group on, and the bit itself to directories.
+        // (The kernel already stripped S_ISGID from files of callers outside that group.)
+        let (gid, perm) = if p.attr.perm & libc::S_ISGID as u16 != 0 {
+            (p.attr.gid, if kind == Kind::Dir { perm | libc::S_ISGID as u16 } else { perm })
+        } else {
+            (gid, perm)
+        };
         let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
         let op = Op::Create {
             ino,
@@ -225,6 +243,167 @@ impl Store {
             }
         }
         self.maybe_checkpoint();
+        Ok(())
+    }
+
+    /// Adds the name `newparent/newname` for `ino` (hard link); counts one kernel lookup.
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Attr> {
+        check_name(newname)?;
+        {
+            let _g = rd(&self.gate);
+            let _ns = lock(&self.ns);
+            let pnode = self.node(newparent)?;
+            let cnode = self.node(ino)?;
+            let mut p = wr(&pnode);
+            let dir = p.dir().ok_or(Error::NotDir)?;
+            if p.attr.nlink == 0 {
+                return Err(Error::NotFound);
+            }
+            if dir.get(newname).is_some() {
+                return Err(Error::Exists);
+            }
+            let mut c = wr(&cnode);
+            if c.attr.kind == Kind::Dir {
+                return Err(Error::NotPermitted);
+            }
+            if c.freed || c.attr.nlink == 0 {
+                return Err(Error::NotFound);
+            }
+            if c.attr.nlink >= LINK_MAX {
+                return Err(Error::TooManyLinks);
+            }
+            let op = Op::Link { ino, parent: newparent, name: newname.to_vec(), time: Ts::now() };
+            self.append(std::slice::from_ref(&op))?;
+            meta::apply_link(&mut p, &mut c, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+            c.lookups += 1;
+            let attr = c.stat();
+            drop((c, p));
+            drop((_ns, _g));
+            self.maybe_checkpoint();
+            Ok(attr)
+        }
+    }
+
+    /// Swaps `parent/name` and `newparent/newname`, both of which must exist (RENAME_EXCHANGE).
+    pub fn exchange(&self, parent: Ino, name: &[u8], newparent: Ino, newname: &[u8]) -> Result<()> {
+        if name.len() > NAME_MAX || newname.len() > NAME_MAX {
+            return Err(Error::NameTooLong);
+        }
+        {
+            let _g = rd(&self.gate);
+            let _ns = lock(&self.ns);
+            let entry = |dir: Ino, n: &[u8]| -> Result<meta::Entry> {
+                rd(&*self.node(dir)?).dir().ok_or(Error::NotDir)?.get(n).cloned().ok_or(Error::NotFound)
+            };
+            let (a, b) = (entry(parent, name)?, entry(newparent, newname)?);
+            if a.ino == b.ino {
+                return Ok(());
+            }
+            // Neither directory may end up inside itself.
+            if a.kind == Kind::Dir && self.is_within(newparent, a.ino)?
+                || b.kind == Kind::Dir && self.is_within(parent, b.ino)?
+            {
+                return Err(Error::Invalid);
+            }
+            let op =
+                Op::Exchange { parent, name: name.to_vec(), newparent, newname: newname.to_vec(), time: Ts::now() };
+            self.append(std::slice::from_ref(&op))?;
+            let (pn, npn, an, bn) = (self.node(parent)?, self.node(newparent)?, self.node(a.ino)?, self.node(b.ino)?);
+            let mut pg = wr(&pn);
+            let mut npg = if newparent != parent { Some(wr(&npn)) } else { None };
+            meta::apply_exchange(&mut pg, npg.as_deref_mut(), &mut wr(&an), &mut wr(&bn), &op)
+                .map_err(|e| Error::Corrupt(corrupt(e)))?;
+        }
+        self.maybe_checkpoint();
+        Ok(())
+    }
+
+    /// True if directory `dir` is `ancestor` or lies below it.
+    fn is_within(&self, dir: Ino, ancestor: Ino) -> Result<bool> {
+        let mut at = dir;
+        loop {
+            if at == ancestor {
+                return Ok(true);
+            }
+            if at == ROOT {
+                return Ok(false);
+            }
+            at = rd(&*self.node(at)?).dir().map(|d| d.parent).ok_or(Error::NotDir)?;
+        }
+    }
+
+    /// Sets an extended attribute. `create`: fail if it exists; `replace`: fail if it does not.
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], create: bool, replace: bool) -> Result<()> {
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(Error::Range);
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Error::ValueTooBig);
+        }
+        // The namespaces Linux filesystems store; ACLs (system.*) are not supported.
+        if !XATTR_NAMESPACES.iter().any(|p| name.starts_with(p)) {
+            return Err(Error::Unsupported);
+        }
+        let _g = rd(&self.gate);
+        let node = self.node(ino)?;
+        let mut n = wr(&node);
+        if n.freed {
+            return Err(Error::NotFound);
+        }
+        let old = n.xattr(name).map(<[u8]>::len);
+        match (old, create, replace) {
+            (Some(_), true, _) => return Err(Error::Exists),
+            (None, _, true) => return Err(Error::NoData),
+            _ => {}
+        }
+        let total: usize = n.xattrs().iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total - old.map_or(0, |o| o + name.len()) + name.len() + value.len() > XATTR_TOTAL_MAX {
+            return Err(Error::NoSpace);
+        }
+        let op = Op::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), time: Ts::now() };
+        self.append(std::slice::from_ref(&op))?;
+        meta::apply_xattr(&mut n, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+        drop(n);
+        drop(_g);
+        self.maybe_checkpoint();
+        Ok(())
+    }
+
+    /// Hands the value of an extended attribute to `f`.
+    pub fn getxattr<R>(&self, ino: Ino, name: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        if name.len() > XATTR_NAME_MAX {
+            return Err(Error::Range);
+        }
+        let node = self.node(ino)?;
+        let n = rd(&node);
+        n.xattr(name).map(f).ok_or(Error::NoData)
+    }
+
+    /// The names of all extended attributes, each followed by a NUL.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let n = rd(&node);
+        let mut out = Vec::new();
+        for (k, _) in n.xattrs() {
+            out.extend_from_slice(k);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        if name.len() > XATTR_NAME_MAX {
+            return Err(Error::Range);
+        }
+        let _g = rd(&self.gate);
+        let node = self.node(ino)?;
+        let mut n = wr(&node);
+        if n.xattr(name).is_none() || n.freed {
+            return Err(Error::NoData);
+        }
+        let op = Op::RemoveXattr { ino, name: name.to_vec(), time: Ts::now() };
+        self.append(std::slice::from_ref(&op))?;
+        meta::apply_xattr(&mut n, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
         Ok(())
     }
 
