@@ -30,6 +30,8 @@ enum Op {
     Fsync { path: String },
     Mkdir { path: String },
     Rmdir { path: String },
+    Punch { path: String, off: usize, len: usize },
+    Exchange { a: String, b: String },
 }
 
 const FILES: &[&str] = &["f0", "f1", "f2", "f3", "f4", "f5", "d0/f0", "d0/f1", "d0/f2", "d1/f0", "d1/f1", "d1/f2"];
@@ -60,6 +62,18 @@ impl Model {
             Op::Rmdir { path } => {
                 self.dirs.remove(path);
             }
+            Op::Punch { path, off, len } => {
+                let f = self.files.get_mut(path).unwrap();
+                let end = (off + len).min(f.len());
+                if *off < end {
+                    f[*off..end].fill(0);
+                }
+            }
+            Op::Exchange { a, b } => {
+                let (x, y) = (self.files.remove(a).unwrap(), self.files.remove(b).unwrap());
+                self.files.insert(a.clone(), y);
+                self.files.insert(b.clone(), x);
+            }
         }
     }
 
@@ -82,7 +96,15 @@ impl Model {
             }
             65..=72 if !existing.is_empty() => Op::Unlink { path: any_existing(rng) },
             73..=82 if !existing.is_empty() => Op::Rename { from: any_existing(rng), to: pick(rng, FILES) },
-            83..=92 if !existing.is_empty() => Op::Fsync { path: any_existing(rng) },
+            83..=86 if !existing.is_empty() => Op::Fsync { path: any_existing(rng) },
+            87..=89 if !existing.is_empty() => {
+                Op::Punch { path: any_existing(rng), off: rng.below(1 << 21) as usize, len: 1 + rng.below(300_000) as usize }
+            }
+            90..=92 if existing.len() >= 2 => {
+                let a = any_existing(rng);
+                let b = any_existing(rng);
+                if a == b { Op::Fsync { path: a } } else { Op::Exchange { a, b } }
+            }
             93..=96 => {
                 let p = pick(rng, EMPTY_DIRS);
                 if self.dirs.contains(&p) { Op::Rmdir { path: p } } else { Op::Mkdir { path: p } }
@@ -108,6 +130,24 @@ fn run_op(root: &Path, op: &Op, model: &Model) -> std::io::Result<()> {
                 // fsyncdir of the parent (root when there is no slash).
                 let parent = Path::new(path).parent().map(|p| root.join(p)).unwrap_or(root.to_path_buf());
                 fs::File::open(parent)?.sync_all()
+            }
+        }
+        Op::Punch { path, off, len } => {
+            use std::os::unix::io::AsRawFd;
+            let f = OpenOptions::new().write(true).open(root.join(path))?;
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            // SAFETY: a plain syscall on an open descriptor.
+            match unsafe { libc::fallocate(f.as_raw_fd(), mode, *off as i64, *len as i64) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        }
+        Op::Exchange { a, b } => {
+            let (ca, cb) = (common::cstr(&root.join(a)), common::cstr(&root.join(b)));
+            // SAFETY: valid C strings.
+            match unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
             }
         }
         Op::Mkdir { path } => fs::create_dir(root.join(path)),
@@ -152,7 +192,7 @@ fn check(seen: &Model, before: &Model, inflight: Option<&Op>, round: usize) {
     if *seen == after {
         return;
     }
-    if let Op::Write { path, .. } = op {
+    if let Op::Write { path, .. } | Op::Punch { path, .. } = op {
         // A write cut short by the kill (the kernel may have sent part of it as separate
         // requests): every byte is old or new, the size between the old and the new one.
         let mut others_seen = seen.clone();
