@@ -97,9 +97,11 @@ impl Model {
             65..=72 if !existing.is_empty() => Op::Unlink { path: any_existing(rng) },
             73..=82 if !existing.is_empty() => Op::Rename { from: any_existing(rng), to: pick(rng, FILES) },
             83..=86 if !existing.is_empty() => Op::Fsync { path: any_existing(rng) },
-            87..=89 if !existing.is_empty() => {
-                Op::Punch { path: any_existing(rng), off: rng.below(1 << 21) as usize, len: 1 + rng.below(300_000) as usize }
-            }
+            87..=89 if !existing.is_empty() => Op::Punch {
+                path: any_existing(rng),
+                off: rng.below(1 << 21) as usize,
+                len: 1 + rng.below(300_000) as usize,
+            },
             90..=92 if existing.len() >= 2 => {
                 let a = any_existing(rng);
                 let b = any_existing(rng);
@@ -145,7 +147,9 @@ fn run_op(root: &Path, op: &Op, model: &Model) -> std::io::Result<()> {
         Op::Exchange { a, b } => {
             let (ca, cb) = (common::cstr(&root.join(a)), common::cstr(&root.join(b)));
             // SAFETY: valid C strings.
-            match unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) } {
+            match unsafe {
+                libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE)
+            } {
                 0 => Ok(()),
                 _ => Err(std::io::Error::last_os_error()),
             }

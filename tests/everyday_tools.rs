@@ -68,17 +68,26 @@ fn check_tree(root: &Path, xattrs: bool) {
 fn tar_with_xattrs_cp_a_and_rsync_a() {
     let m = Mounted::new(&[]);
     make_tree(&m.path("src"));
-    sh(&m.mnt, "tar --xattrs --xattrs-include='*' -cf t.tar -C src . && mkdir x && tar --xattrs --xattrs-include='*' -xpf t.tar -C x");
+    sh(
+        &m.mnt,
+        "tar --xattrs --xattrs-include='*' -cf t.tar -C src . && mkdir x && tar --xattrs --xattrs-include='*' -xpf t.tar -C x",
+    );
     check_tree(&m.path("x"), true);
     sh(&m.mnt, "cp -a src c");
     check_tree(&m.path("c"), true);
     let (a, b) = (fs::metadata(m.path("src/data.bin")).unwrap(), fs::metadata(m.path("c/data.bin")).unwrap());
     assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()), "cp -a keeps mtime");
-    sh(&m.mnt, "rsync -aHX src/ r/ && rsync -aHX --checksum --dry-run --itemize-changes src/ r/ > changes && test ! -s changes");
+    sh(
+        &m.mnt,
+        "rsync -aHX src/ r/ && rsync -aHX --checksum --dry-run --itemize-changes src/ r/ > changes && test ! -s changes",
+    );
     check_tree(&m.path("r"), true);
     // The same archive extracted off the mount matches byte for byte.
     let out = tempfile::tempdir().unwrap();
-    sh(out.path(), &format!("tar -xf {} && cmp data.bin {}", m.path("t.tar").display(), m.path("src/data.bin").display()));
+    sh(
+        out.path(),
+        &format!("tar -xf {} && cmp data.bin {}", m.path("t.tar").display(), m.path("src/data.bin").display()),
+    );
 }
 
 #[test]
@@ -105,7 +114,11 @@ fn build_a_c_project_and_a_rust_crate() {
     let c = m.path("cproj");
     fs::create_dir(&c).unwrap();
     fs::write(c.join("lib.c"), "int twice(int x) { return 2 * x; }\n").unwrap();
-    fs::write(c.join("main.c"), "#include <stdio.h>\nint twice(int);\nint main(void) { printf(\"%d\\n\", twice(21)); return 0; }\n").unwrap();
+    fs::write(
+        c.join("main.c"),
+        "#include <stdio.h>\nint twice(int);\nint main(void) { printf(\"%d\\n\", twice(21)); return 0; }\n",
+    )
+    .unwrap();
     fs::write(c.join("Makefile"), "app: main.o lib.o\n\tcc -o app main.o lib.o\n%.o: %.c\n\tcc -c -o $@ $<\n").unwrap();
     assert_eq!(sh(&c, "make -s && ./app").trim(), "42");
     // Touch a source: make rebuilds only what changed (mtimes work).
@@ -116,7 +129,8 @@ fn build_a_c_project_and_a_rust_crate() {
 
     let r = m.path("rproj");
     fs::create_dir_all(r.join("src")).unwrap();
-    fs::write(r.join("Cargo.toml"), "[package]\nname = \"onmount\"\nversion = \"0.1.0\"\nedition = \"2021\"\n").unwrap();
+    fs::write(r.join("Cargo.toml"), "[package]\nname = \"onmount\"\nversion = \"0.1.0\"\nedition = \"2021\"\n")
+        .unwrap();
     fs::write(r.join("src/main.rs"), "fn main() { println!(\"built on mmapfs\"); }\n").unwrap();
     let out = sh(&r, "CARGO_TARGET_DIR=target cargo run -q --offline");
     assert_eq!(out.trim(), "built on mmapfs");

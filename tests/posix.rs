@@ -8,6 +8,7 @@ mod common;
 
 use std::ffi::CString;
 use std::fs;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -573,4 +574,49 @@ fn timestamps_change_when_linux_changes_them() {
         step("create in dir", &|| touch(&d.join("new"), b""));
         step("O_TRUNC open", &|| drop(fs::OpenOptions::new().write(true).truncate(true).open(&f).unwrap()));
     });
+}
+
+#[test]
+fn locks_are_enforced_between_processes_on_the_host() {
+    let m = Mounted::new(&[]);
+    let p = m.path("lockfile");
+    touch(&p, b"");
+    use std::os::unix::io::AsRawFd;
+    let f = fs::File::open(&p).unwrap();
+    // SAFETY: plain syscalls on an open descriptor.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    // Another process cannot take it; flock(1) exits 1 with -n when the lock is held.
+    let st = Command::new("flock").arg("-n").arg(&p).arg("true").status().unwrap();
+    assert_eq!(st.code(), Some(1), "flock must conflict across processes");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) }, 0);
+    let st = Command::new("flock").arg("-n").arg(&p).arg("true").status().unwrap();
+    assert!(st.success());
+    // POSIX record locks: a held write lock makes another process's F_SETLK fail.
+    let g = fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let lk =
+        libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 10, l_pid: 0 };
+    // SAFETY: a valid flock struct.
+    assert_eq!(unsafe { libc::fcntl(g.as_raw_fd(), libc::F_SETLK, &lk) }, 0);
+    let out = Command::new("python3")
+        .args(["-c", "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10)\n print('got')\nexcept OSError:\n print('busy')", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "busy");
+}
+
+#[test]
+fn device_nodes_open_only_with_dev() {
+    for (args, expect_open) in [(&[][..], false), (&["-o", "dev"][..], true)] {
+        let m = Mounted::new(args);
+        let p = c(&m.path("null"));
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) }, 0);
+        let r = fs::OpenOptions::new().write(true).open(m.path("null"));
+        match (expect_open, r) {
+            (true, Ok(mut f)) => f.write_all(b"into the void").unwrap(),
+            (false, Err(e)) => assert_eq!(e.raw_os_error(), Some(libc::EACCES)),
+            (want, got) => panic!("{args:?}: expected open={want}, got {got:?}"),
+        }
+    }
 }

@@ -17,7 +17,7 @@ fn check_name(name: &[u8]) -> Result<()> {
 }
 
 /// Most links one inode may have (as ext4).
-const LINK_MAX: u32 = 65_000;
+pub(super) const LINK_MAX: u32 = 65_000;
 /// Longest extended attribute name (Linux XATTR_NAME_MAX).
 const XATTR_NAME_MAX: usize = 255;
 /// Largest extended attribute value (Linux XATTR_SIZE_MAX; the kernel refuses more with E2BIG).
@@ -198,18 +198,9 @@ impl Store {
                     _ => {}
                 }
             }
-            if src.kind == Kind::Dir {
-                // A directory cannot move into its own subtree.
-                let mut at = newparent;
-                loop {
-                    if at == src.ino {
-                        return Err(Error::Invalid);
-                    }
-                    if at == ROOT {
-                        break;
-                    }
-                    at = rd(&*self.node(at)?).dir().map(|d| d.parent).ok_or(Error::NotDir)?;
-                }
+            // A directory cannot move into its own subtree.
+            if src.kind == Kind::Dir && self.is_within(newparent, src.ino)? {
+                return Err(Error::Invalid);
             }
             let time = Ts::now();
             let mut ops = vec![Op::Rename { parent, name: name.to_vec(), newparent, newname: newname.to_vec(), time }];

@@ -170,3 +170,17 @@ fn concurrent_writers_on_different_files() {
         assert!(data.iter().all(|&b| b == t as u8 + 1));
     }
 }
+
+#[test]
+fn hard_link_limit_is_emlink() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+    let a = file(&s, ROOT, "a");
+    for i in 1..namespace::LINK_MAX {
+        s.link(a, ROOT, format!("l{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(s.getattr(a).unwrap().nlink, namespace::LINK_MAX);
+    assert!(matches!(s.link(a, ROOT, b"one-too-many"), Err(Error::TooManyLinks)));
+    let dir = s.create(ROOT, b"d", Kind::Dir, 0o755, 0, 0, 0, b"").unwrap().ino;
+    assert!(matches!(s.link(dir, ROOT, b"dirlink"), Err(Error::NotPermitted)));
+}
