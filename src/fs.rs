@@ -4,14 +4,14 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::store::meta::{Attr, Kind, Ts};
@@ -51,11 +51,30 @@ pub struct MmapFs {
     store: Arc<Store>,
     cfg: FsConfig,
     next_fh: AtomicU64,
+    /// Set once the session exists; used to tell the kernel about attribute changes it did
+    /// not make itself.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl MmapFs {
-    pub fn new(store: Arc<Store>, cfg: FsConfig) -> MmapFs {
-        MmapFs { store, cfg, next_fh: AtomicU64::new(1) }
+    pub fn new(store: Arc<Store>, cfg: FsConfig, notifier: Arc<OnceLock<Notifier>>) -> MmapFs {
+        MmapFs { store, cfg, next_fh: AtomicU64::new(1), notifier }
+    }
+
+    /// Drops set-ID bits before a write by a caller without CAP_FSETID, and makes the kernel
+    /// forget the attributes it cached (the mode changed behind its back). Attribute-only
+    /// invalidation takes no inode lock, so it is safe inside this request.
+    fn kill_privs_for_write(&self, ino: INodeNo) -> Result<(), Error> {
+        let before = self.store.getattr(ino.0)?.perm;
+        let after = self.store.setattr(ino.0, SetAttr { kill_privs: true, ..SetAttr::default() })?.perm;
+        if before != after {
+            if let Some(n) = self.notifier.get() {
+                if let Err(e) = n.inval_inode(ino, -1, 0) {
+                    log::warn!("attribute invalidation of inode {} failed: {e}", ino.0);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -177,7 +196,11 @@ impl Filesystem for MmapFs {
         let caps = config.capabilities();
         // EXPLICIT_INVAL_DATA: a size change truncates the cache past EOF but never drops the
         // pages before it; we are the only writer, so nothing else could make them stale.
-        let mut want = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_EXPLICIT_INVAL_DATA;
+        // HANDLE_KILLPRIV_V2: we drop set-ID bits on write/truncate/chown ourselves. In return the
+        // kernel marks the superblock SB_NOSEC and stops asking for security.capability with a
+        // GETXATTR round trip before every write.
+        let mut want =
+            InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_EXPLICIT_INVAL_DATA | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.cfg.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -216,7 +239,7 @@ impl Filesystem for MmapFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -232,7 +255,19 @@ impl Filesystem for MmapFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let s = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime), ctime: ctime.map(Ts::from) };
+        // chown always drops the set-ID bits of a file; truncate does unless the caller is root
+        // (CAP_FSETID). The kernel leaves both to us under HANDLE_KILLPRIV_V2.
+        let kill_privs = uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0);
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time(atime),
+            mtime: time(mtime),
+            ctime: ctime.map(Ts::from),
+            kill_privs,
+        };
         match call(|| self.store.setattr(ino.0, s)) {
             Ok(a) => reply.attr(&self.cfg.attr_ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -377,12 +412,18 @@ impl Filesystem for MmapFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match call(|| self.store.write(ino.0, offset, data)) {
+        let r = call(|| {
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                self.kill_privs_for_write(ino)?;
+            }
+            self.store.write(ino.0, offset, data)
+        });
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

@@ -157,7 +157,8 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     fc.acl = if cfg.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     fc.n_threads = Some(cfg.threads);
     fc.clone_fd = cfg.threads > 1;
-    let fs = MmapFs::new(store.clone(), cfg.fs.clone());
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let fs = MmapFs::new(store.clone(), cfg.fs.clone(), notifier.clone());
     let mut session = match fuser::Session::new(fs, &mnt, &fc) {
         Ok(s) => s,
         Err(e) => {
@@ -165,6 +166,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
             return Err(format!("cannot mount {}: {e}", mnt.display()));
         }
     };
+    let _ = notifier.set(session.notifier());
     log::info!(
         "mounted store {} at {} ({} threads); stop with `umount {}` or SIGTERM",
         store_dir.display(),

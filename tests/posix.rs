@@ -441,6 +441,10 @@ fn permissions_as_an_unprivileged_user() {
         // A set-user-ID file the user may write.
         touch(&root.join("suid"), b"#!/bin/sh\n");
         fs::set_permissions(root.join("suid"), fs::Permissions::from_mode(0o4777)).unwrap();
+        touch(&root.join("sgid"), b"abc");
+        fs::set_permissions(root.join("sgid"), fs::Permissions::from_mode(0o6777)).unwrap();
+        touch(&root.join("mine"), b"abc");
+        std::os::unix::fs::chown(root.join("mine"), Some(1000), Some(1000)).unwrap();
         let out = as_user(
             root,
             r#"
@@ -461,6 +465,8 @@ fn permissions_as_an_unprivileged_user() {
             r touch ro
             r touch -d @12345 mask; stat -c '%X %Y' mask
             printf x >> suid; echo "write $?"; stat -c '%a' suid
+            r truncate -s 1 sgid; stat -c '%a' sgid
+            r chmod 4755 mine; r truncate -s 0 mine; stat -c '%a' mine
             r mkdir d; r chmod 2755 d; stat -c '%a' d
             "#,
         );

@@ -79,6 +79,10 @@ pub struct SetAttr {
     pub atime: Option<Ts>,
     pub mtime: Option<Ts>,
     pub ctime: Option<Ts>,
+    /// Drop set-user-ID, set-group-ID (with group execute) and file capabilities, as Linux
+    /// does on write, truncate and chown by a caller without CAP_FSETID (FUSE leaves this to
+    /// the filesystem under FUSE_HANDLE_KILLPRIV_V2). Ignored when `mode` is given.
+    pub kill_privs: bool,
 }
 
 /// Figures for `statfs`.

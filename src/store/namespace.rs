@@ -22,6 +22,8 @@ pub(super) const LINK_MAX: u32 = 65_000;
 const XATTR_NAME_MAX: usize = 255;
 /// Largest extended attribute value (Linux XATTR_SIZE_MAX; the kernel refuses more with E2BIG).
 const XATTR_SIZE_MAX: usize = 65_536;
+/// The file capability attribute, dropped with set-user-ID.
+const CAPS: &[u8] = b"security.capability";
 /// Extended attribute namespaces mmapfs stores.
 const XATTR_NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
 /// Most bytes of names and values one inode may carry; more is ENOSPC.
@@ -431,15 +433,6 @@ impl Store {
         if let Some(size) = s.size {
             self.truncate(ino, size)?;
         }
-        if s.mode.is_none()
-            && s.uid.is_none()
-            && s.gid.is_none()
-            && s.atime.is_none()
-            && s.mtime.is_none()
-            && s.ctime.is_none()
-        {
-            return self.getattr(ino);
-        }
         let _g = rd(&self.gate);
         let node = self.node(ino)?;
         let mut n = wr(&node);
@@ -447,17 +440,46 @@ impl Store {
             return Err(Error::NotFound);
         }
         let a = n.attr;
+        let mut perm = s.mode.map_or(a.perm, |m| (m & 0o7777) as u16);
+        let mut ops = Vec::new();
+        if s.kill_privs && s.mode.is_none() && a.kind == Kind::File {
+            // As the kernel does for write, truncate and chown: set-user-ID always goes,
+            // set-group-ID only with group execute (else it marks mandatory locking), and so
+            // does a file capability.
+            perm &= !(libc::S_ISUID as u16);
+            if perm & libc::S_IXGRP as u16 != 0 {
+                perm &= !(libc::S_ISGID as u16);
+            }
+            if n.xattr(CAPS).is_some() {
+                ops.push(Op::RemoveXattr { ino, name: CAPS.to_vec(), time: Ts::now() });
+            }
+        }
+        let unchanged = perm == a.perm
+            && s.uid.is_none()
+            && s.gid.is_none()
+            && s.atime.is_none()
+            && s.mtime.is_none()
+            && s.ctime.is_none()
+            && ops.is_empty();
+        if unchanged {
+            return Ok(n.stat());
+        }
         let op = Op::SetAttr {
             ino,
-            perm: s.mode.map_or(a.perm, |m| (m & 0o7777) as u16),
+            perm,
             uid: s.uid.unwrap_or(a.uid),
             gid: s.gid.unwrap_or(a.gid),
             atime: s.atime.unwrap_or(a.atime),
             mtime: s.mtime.unwrap_or(a.mtime),
             ctime: s.ctime.unwrap_or_else(Ts::now),
         };
-        self.append(std::slice::from_ref(&op))?;
-        meta::apply_setattr(&mut n, &op);
+        ops.push(op);
+        self.append(&ops)?;
+        for op in &ops[..ops.len() - 1] {
+            meta::apply_xattr(&mut n, op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+        }
+        let op = &ops[ops.len() - 1];
+        meta::apply_setattr(&mut n, op);
         n.times_dirty = false;
         let attr = n.stat();
         drop(n);
