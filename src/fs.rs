@@ -67,11 +67,10 @@ impl MmapFs {
     fn kill_privs_for_write(&self, ino: INodeNo) -> Result<(), Error> {
         let before = self.store.getattr(ino.0)?.perm;
         let after = self.store.setattr(ino.0, SetAttr { kill_privs: true, ..SetAttr::default() })?.perm;
-        if let (true, Some(n)) = (before != after, self.notifier.get()) {
-            if let Err(e) = n.inval_inode(ino, -1, 0) {
+        if let (true, Some(n)) = (before != after, self.notifier.get())
+            && let Err(e) = n.inval_inode(ino, -1, 0) {
                 log::warn!("attribute invalidation of inode {} failed: {e}", ino.0);
             }
-        }
         Ok(())
     }
 
