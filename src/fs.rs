@@ -68,9 +68,10 @@ impl MmapFs {
         let before = self.store.getattr(ino.0)?.perm;
         let after = self.store.setattr(ino.0, SetAttr { kill_privs: true, ..SetAttr::default() })?.perm;
         if let (true, Some(n)) = (before != after, self.notifier.get())
-            && let Err(e) = n.inval_inode(ino, -1, 0) {
-                log::warn!("attribute invalidation of inode {} failed: {e}", ino.0);
-            }
+            && let Err(e) = n.inval_inode(ino, -1, 0)
+        {
+            log::warn!("attribute invalidation of inode {} failed: {e}", ino.0);
+        }
         Ok(())
     }
 
