@@ -6,7 +6,10 @@
 #   sudo scripts/coherence.sh /mnt/x     # any directory vs tmpfs
 #
 # Prints a table scenario × target (pass/FAIL/n-a and seconds) and exits 1 if a target fails a
-# scenario that tmpfs passes. Environment:
+# scenario that tmpfs passes. One failure is documented rather than counted: under
+# writeback_cache the kernel holds written data until writeback, so write(2) without fsync is
+# not safe from SIGKILL of the daemon (durability-write); it shows as "fail (documented)".
+# Environment:
 #   FSX_OPS     operations per exerciser run (100000)      FSX_SEED  fixed seed (20261127)
 #   LARGE       size of the large-file scenario (256M)      MEMCG     daemon memory limit there (96M)
 #   MMAPFS_BIN, COHERENCE_BIN   prebuilt binaries (else: cargo build --release)
@@ -30,7 +33,7 @@ LARGE_BYTES=$(to_bytes "$LARGE")
 RANDOM_SEED=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
 
 SCENARIOS=(shared-two-process write-vs-mapping fork-shared private-cow truncate-mapped mtime-after-msync
-    many-writers store-write-race durability-msync durability-fsync durability-fdatasync large-file
+    many-writers store-write-race durability-write durability-msync durability-fsync durability-fdatasync large-file
     fsx-fixed-seed fsx-random-seed)
 
 WORK=$(mktemp -d /var/tmp/mmapfs-coherence.XXXXXX)
@@ -91,6 +94,10 @@ run_target() {
             2) CELL[$name,$s]="n/a" ;;
             *) CELL[$name,$s]="FAIL ${secs}s" ;;
         esac
+        if [ "$rc" = 1 ] && [ "$s" = durability-write ] && [[ $name == *writeback_cache* ]]; then
+            CELL[$name,$s]="fail (documented)"
+            rc=3
+        fi
         RC[$name,$s]=$rc
     done
 }

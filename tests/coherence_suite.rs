@@ -20,9 +20,10 @@ fn coherence_suite_passes_in_every_mode() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(out.status.success(), "coherence suite failed:\n{stdout}\n{stderr}");
-    // Every mmapfs cell is a pass (the crash scenarios too: the suite mounts mmapfs itself).
+    // Every mmapfs cell is a pass (the crash scenarios too: the suite mounts mmapfs itself),
+    // except the documented limit of writeback_cache (unsynced writes die with the daemon).
     let rows: Vec<&str> = stdout.lines().skip(1).take_while(|l| !l.starts_with("fsx seeds")).collect();
-    assert_eq!(rows.len(), 14, "one row per scenario:\n{stdout}");
+    assert_eq!(rows.len(), 15, "one row per scenario:\n{stdout}");
     for line in rows {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert!(!cells.contains(&"FAIL"), "{line}");

@@ -115,6 +115,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("mtime-after-msync", mtime_after_msync),
     ("many-writers", many_writers),
     ("store-write-race", store_write_race),
+    ("durability-write", |o, w| durability(o, w, Sync::None)),
     ("durability-msync", |o, w| durability(o, w, Sync::Msync)),
     ("durability-fsync", |o, w| durability(o, w, Sync::Fsync)),
     ("durability-fdatasync", |o, w| durability(o, w, Sync::Fdatasync)),
@@ -550,6 +551,8 @@ fn store_write_race(_: &Opts, w: &Path) -> Outcome {
 
 #[derive(Clone, Copy, Debug)]
 enum Sync {
+    /// No sync at all: the data went in with write(2), which returned.
+    None,
     Msync,
     Fsync,
     Fdatasync,
@@ -605,28 +608,40 @@ impl Daemon {
     }
 }
 
-/// Map, store, sync with `how`, SIGKILL the daemon, remount: every synced byte is back.
+/// Map, store, sync with `how`, SIGKILL the daemon, remount: every synced byte is back. With
+/// `Sync::None` the bytes go in with write(2) and are not synced at all: the daemon promises
+/// them anyway (they are in its mapping once write returns), except under writeback_cache.
 fn durability(o: &Opts, w: &Path, how: Sync) -> Outcome {
     let Some(d) = &o.daemon else { return Err(NOT_APPLICABLE.into()) };
     let mut rng = Rng(o.seed | 1);
     let mut data = vec![0u8; 64 * PAGE];
     rng.fill(&mut data);
     let p = w.join("durable");
-    {
-        let f = open_rw(&p, true)?;
-        io(f.set_len(data.len() as u64), "set_len")?;
-        let m = Map::new(&f, data.len(), true)?;
-        m.copy_in(0, &data);
-        match how {
-            Sync::Msync => m.msync()?,
-            Sync::Fsync => io(f.sync_all(), "fsync")?,
-            Sync::Fdatasync => io(f.sync_data(), "fdatasync")?,
+    // The file stays open (and mapped) across the kill: a close would hand cached data to
+    // the daemon (under writeback_cache the kernel flushes on close) and hide what is tested.
+    let f = open_rw(&p, true)?;
+    io(f.set_len(data.len() as u64), "set_len")?;
+    let m = Map::new(&f, data.len(), true)?;
+    match how {
+        Sync::None => io(f.write_all_at(&data, 0), "write")?,
+        _ => {
+            m.copy_in(0, &data);
+            match how {
+                Sync::Msync => m.msync()?,
+                Sync::Fsync => io(f.sync_all(), "fsync")?,
+                Sync::Fdatasync => io(f.sync_data(), "fdatasync")?,
+                Sync::None => {}
+            }
         }
     }
     d.restart(&o.dir, true)?;
+    drop((m, f));
     let mut back = vec![0u8; data.len()];
     io(io(File::open(&p), "reopen")?.read_exact_at(&mut back, 0), "read back")?;
-    check(back == data, || format!("{how:?}ed bytes lost after SIGKILL + remount"))
+    check(back == data, || match how {
+        Sync::None => "bytes written with write(2), not synced, lost after SIGKILL + remount".into(),
+        _ => format!("bytes synced with {how:?} lost after SIGKILL + remount"),
+    })
 }
 
 /// A file larger than a segment (and than the daemon's memory budget, when the suite runs the
