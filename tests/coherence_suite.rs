@@ -27,10 +27,7 @@ fn coherence_suite_passes_in_every_mode() {
     for line in rows {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert!(!cells.contains(&"FAIL"), "{line}");
-        assert_eq!(
-            cells.iter().filter(|c| **c == "pass").count() + cells.iter().filter(|c| **c == "n/a").count(),
-            5,
-            "{line}"
-        );
+        let ok = cells.iter().filter(|c| matches!(**c, "pass" | "n/a" | "(documented)")).count();
+        assert_eq!(ok, 5, "{line}");
     }
 }
