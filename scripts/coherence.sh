@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The mmap coherence suite: every scenario of `mmapfs-coherence` against DIR (or, without DIR,
-# against a fresh mmapfs in each mode it offers) and, as the reference, against tmpfs.
+# against a fresh mmapfs in each mode it offers: default, --threads 1, -o writeback_cache,
+# -o direct_io, and the pread backend) and, as the reference, against tmpfs.
 #
 #   sudo scripts/coherence.sh            # mmapfs in every mode vs tmpfs
 #   sudo scripts/coherence.sh /mnt/x     # any directory vs tmpfs
@@ -139,7 +140,7 @@ if [ -n "$DIR" ]; then
 else
     NPROC=$(nproc)
     for mode in "default threads=$NPROC:--threads,$NPROC" "threads=1:--threads,1" \
-        "writeback_cache:-o,writeback_cache" "direct_io:-o,direct_io"; do
+        "writeback_cache:-o,writeback_cache" "direct_io:-o,direct_io" "backend=pread:--backend,pread"; do
         name=${mode%%:*}
         name=mmapfs\ ${name// /,}
         args=${mode#*:}

@@ -14,6 +14,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::stats::{Op, Stats};
 use crate::store::meta::{Attr, Kind, Ts};
 use crate::store::{Error, NAME_MAX, SetAttr, Store};
 
@@ -54,11 +55,12 @@ pub struct MmapFs {
     /// Set once the session exists; used to tell the kernel about attribute changes it did
     /// not make itself.
     notifier: Arc<OnceLock<Notifier>>,
+    stats: Arc<Stats>,
 }
 
 impl MmapFs {
-    pub fn new(store: Arc<Store>, cfg: FsConfig, notifier: Arc<OnceLock<Notifier>>) -> MmapFs {
-        MmapFs { store, cfg, next_fh: AtomicU64::new(1), notifier }
+    pub fn new(store: Arc<Store>, cfg: FsConfig, notifier: Arc<OnceLock<Notifier>>, stats: Arc<Stats>) -> MmapFs {
+        MmapFs { store, cfg, next_fh: AtomicU64::new(1), notifier, stats }
     }
 
     /// Drops set-ID bits before a write by a caller without CAP_FSETID, and makes the kernel
@@ -221,6 +223,7 @@ impl Filesystem for MmapFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.stats.time(Op::Lookup, 0);
         self.entry(reply, call(|| self.store.lookup(parent.0, name.as_bytes())));
     }
 
@@ -229,6 +232,7 @@ impl Filesystem for MmapFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.stats.time(Op::Getattr, 0);
         match call(|| self.store.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.cfg.attr_ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -253,6 +257,7 @@ impl Filesystem for MmapFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = self.stats.time(Op::Setattr, 0);
         // chown always drops the set-ID bits of a file; truncate does unless the caller is root
         // (CAP_FSETID). The kernel leaves both to us under HANDLE_KILLPRIV_V2.
         let kill_privs = uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0);
@@ -273,6 +278,7 @@ impl Filesystem for MmapFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.stats.time(Op::Readlink, 0);
         match call(|| self.store.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
@@ -289,6 +295,7 @@ impl Filesystem for MmapFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.stats.time(Op::Mknod, 0);
         let Some(kind) = kind_of_mode(mode).filter(|k| !matches!(k, Kind::Dir | Kind::Symlink)) else {
             return reply.error(Errno::EINVAL);
         };
@@ -298,20 +305,24 @@ impl Filesystem for MmapFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let _t = self.stats.time(Op::Mkdir, 0);
         let r =
             call(|| self.store.create(parent.0, name.as_bytes(), Kind::Dir, mode as u16, req.uid(), req.gid(), 0, b""));
         self.entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.stats.time(Op::Unlink, 0);
         empty(reply, call(|| self.store.unlink(parent.0, name.as_bytes(), false)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.stats.time(Op::Rmdir, 0);
         empty(reply, call(|| self.store.unlink(parent.0, name.as_bytes(), true)));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _t = self.stats.time(Op::Symlink, 0);
         let t = target.as_os_str().as_bytes();
         if t.len() >= libc::PATH_MAX as usize {
             return reply.error(Errno::ENAMETOOLONG);
@@ -332,6 +343,7 @@ impl Filesystem for MmapFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(Op::Rename, 0);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -346,6 +358,7 @@ impl Filesystem for MmapFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.stats.time(Op::Open, 0);
         match call(|| self.store.open_file(ino.0)) {
             Ok(_) => reply.opened(self.fh(), self.open_flags()),
             Err(e) => reply.error(errno(&e)),
@@ -362,6 +375,7 @@ impl Filesystem for MmapFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = self.stats.time(Op::Create, 0);
         let r = call(|| {
             let a =
                 self.store.create(parent.0, name.as_bytes(), Kind::File, mode as u16, req.uid(), req.gid(), 0, b"")?;
@@ -390,6 +404,7 @@ impl Filesystem for MmapFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.stats.time(Op::Read, u64::from(size));
         let mut reply = Some(reply);
         let r = call(|| {
             self.store.read(ino.0, offset, size, |bytes| {
@@ -415,6 +430,7 @@ impl Filesystem for MmapFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = self.stats.time(Op::Write, data.len() as u64);
         let r = call(|| {
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
                 self.kill_privs_for_write(ino)?;
@@ -428,6 +444,7 @@ impl Filesystem for MmapFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _t = self.stats.time(Op::Flush, 0);
         // close(2) promises no durability; fsync does.
         reply.ok();
     }
@@ -442,10 +459,12 @@ impl Filesystem for MmapFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(Op::Release, 0);
         empty(reply, call(|| self.store.release(ino.0)));
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _t = self.stats.time(Op::Fsync, 0);
         empty(reply, call(|| self.store.fsync(ino.0)));
     }
 
@@ -458,6 +477,7 @@ impl Filesystem for MmapFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _t = self.stats.time(Op::Readdir, 0);
         let r = call(|| {
             self.store.readdir(ino.0, offset, |ino, off, kind, name| {
                 reply.add(INodeNo(ino), off, file_type(kind), OsStr::from_bytes(name))
@@ -470,10 +490,12 @@ impl Filesystem for MmapFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _t = self.stats.time(Op::Fsyncdir, 0);
         empty(reply, call(|| self.store.sync_journal()));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.stats.time(Op::Statfs, 0);
         let s = self.store.statfs();
         reply.statfs(
             s.blocks,
@@ -488,6 +510,7 @@ impl Filesystem for MmapFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _t = self.stats.time(Op::Link, 0);
         self.entry(reply, call(|| self.store.link(ino.0, newparent.0, newname.as_bytes())));
     }
 
@@ -501,11 +524,13 @@ impl Filesystem for MmapFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(Op::Xattr, value.len() as u64);
         let (create, replace) = (flags & libc::XATTR_CREATE != 0, flags & libc::XATTR_REPLACE != 0);
         empty(reply, call(|| self.store.setxattr(ino.0, name.as_bytes(), value, create, replace)));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.stats.time(Op::Xattr, 0);
         let mut reply = Some(reply);
         let r = call(|| {
             self.store.getxattr(ino.0, name.as_bytes(), |v| {
@@ -520,6 +545,7 @@ impl Filesystem for MmapFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.stats.time(Op::Xattr, 0);
         match call(|| self.store.listxattr(ino.0)) {
             Ok(list) => xattr_reply(reply, size, &list),
             Err(e) => reply.error(errno(&e)),
@@ -527,6 +553,7 @@ impl Filesystem for MmapFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.stats.time(Op::Xattr, 0);
         empty(reply, call(|| self.store.removexattr(ino.0, name.as_bytes())));
     }
 
@@ -540,10 +567,12 @@ impl Filesystem for MmapFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(Op::Fallocate, length);
         empty(reply, call(|| self.store.fallocate(ino.0, offset, length, mode)));
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _t = self.stats.time(Op::Lseek, 0);
         // The kernel sends only SEEK_DATA and SEEK_HOLE; it handles the others itself.
         let data = match whence {
             libc::SEEK_DATA => true,
@@ -570,6 +599,7 @@ impl Filesystem for MmapFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _t = self.stats.time(Op::CopyFileRange, len);
         // A reply counts at most u32::MAX bytes; the caller loops for the rest.
         let len = len.min(1 << 30);
         match call(|| self.store.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)) {

@@ -4,4 +4,5 @@
 
 pub mod config;
 pub mod fs;
+pub mod stats;
 pub mod store;

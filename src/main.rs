@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use mmapfs::config::{MountConfig, default_store, parse_size};
 use mmapfs::fs::MmapFs;
-use mmapfs::store::{self, FormatOptions, OpenOptions, Store};
+use mmapfs::stats::{self, Snapshot, Stats};
+use mmapfs::store::{self, Backend, FormatOptions, OpenOptions, Store, SyncPolicy, Tuning};
 
 #[derive(Parser)]
 #[command(name = "mmapfs", version, about = "A FUSE filesystem whose file data lives in memory-mapped segment files")]
@@ -43,6 +44,27 @@ enum Cmd {
         /// Journal size that triggers a checkpoint (bounds mount time)
         #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "32M")]
         journal_limit: u64,
+        /// How the daemon reaches file data: its segment mappings, or pread/pwrite on the
+        /// segment files (fsync is then fdatasync)
+        #[arg(long, value_enum, default_value = "mmap")]
+        backend: BackendArg,
+        /// madvise() on the segment mappings
+        #[arg(long, value_enum)]
+        madvise: Option<AdviceArg>,
+        /// Pre-fault the segment mappings (MAP_POPULATE)
+        #[arg(long)]
+        populate: bool,
+        /// What fsync does: full (data + metadata), data (data only), none (UNSAFE: nothing)
+        #[arg(long, value_enum, default_value = "full")]
+        sync: SyncArg,
+    },
+    /// Show the counters of a running daemon (or the last ones of a stopped one).
+    Stats {
+        /// A mountpoint or a store directory [default: the default store]
+        path: Option<PathBuf>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
     },
     /// Create an empty store in DIR (which must not exist or be empty).
     Format {
@@ -56,6 +78,28 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Mmap,
+    Pread,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AdviceArg {
+    Normal,
+    Random,
+    Sequential,
+    Willneed,
+    Hugepage,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SyncArg {
+    Full,
+    Data,
+    None,
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -63,9 +107,41 @@ fn main() -> ExitCode {
         Cmd::Format { dir, segment_size, capacity } => {
             store::format(&dir, FormatOptions { segment_size, capacity }).map_err(|e| e.to_string())
         }
-        Cmd::Mount { store, mountpoint, options, threads, segment_size, capacity, journal_limit } => {
+        Cmd::Stats { path, json } => show_stats(&path.unwrap_or_else(default_store), json),
+        Cmd::Mount {
+            store,
+            mountpoint,
+            options,
+            threads,
+            segment_size,
+            capacity,
+            journal_limit,
+            backend,
+            madvise,
+            populate,
+            sync,
+        } => {
             let mut cfg = MountConfig::new(store.unwrap_or_else(default_store), mountpoint);
-            cfg.store_opts = OpenOptions { format: FormatOptions { segment_size, capacity }, journal_limit };
+            let tuning = Tuning {
+                backend: match backend {
+                    BackendArg::Mmap => Backend::Mmap,
+                    BackendArg::Pread => Backend::Pread,
+                },
+                advice: madvise.map(|a| match a {
+                    AdviceArg::Normal => memmap2::Advice::Normal,
+                    AdviceArg::Random => memmap2::Advice::Random,
+                    AdviceArg::Sequential => memmap2::Advice::Sequential,
+                    AdviceArg::Willneed => memmap2::Advice::WillNeed,
+                    AdviceArg::Hugepage => memmap2::Advice::HugePage,
+                }),
+                populate,
+            };
+            let sync = match sync {
+                SyncArg::Full => SyncPolicy::Full,
+                SyncArg::Data => SyncPolicy::Data,
+                SyncArg::None => SyncPolicy::None,
+            };
+            cfg.store_opts = OpenOptions { format: FormatOptions { segment_size, capacity }, journal_limit, tuning, sync };
             if let Some(t) = threads {
                 cfg.threads = t;
             }
@@ -145,6 +221,19 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
 
 fn mount(cfg: &MountConfig) -> Result<(), String> {
     let (store_dir, mnt) = check_paths(cfg)?;
+    let mut cfg = cfg.clone();
+    // The source column of /proc/mounts names the store, so `mmapfs stats MOUNTPOINT` finds it.
+    for o in &mut cfg.kernel {
+        if let fuser::MountOption::FSName(n) = o
+            && n == "mmapfs"
+        {
+            *n = format!("mmapfs:{}", store_dir.display());
+        }
+    }
+    let cfg = &cfg;
+    if cfg.store_opts.sync == SyncPolicy::None {
+        log::warn!("--sync none: fsync and msync do NOTHING; data and metadata are NOT durable (an experiment setting)");
+    }
     // Block the shutdown signals before any thread exists, so every thread inherits the mask
     // and only the waiter below receives them.
     let signals = shutdown_signals();
@@ -158,7 +247,8 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     fc.n_threads = Some(cfg.threads);
     fc.clone_fd = cfg.threads > 1;
     let notifier = Arc::new(std::sync::OnceLock::new());
-    let fs = MmapFs::new(store.clone(), cfg.fs.clone(), notifier.clone());
+    let counters = Arc::new(Stats::default());
+    let fs = MmapFs::new(store.clone(), cfg.fs.clone(), notifier.clone(), counters.clone());
     let mut session = match fuser::Session::new(fs, &mnt, &fc) {
         Ok(s) => s,
         Err(e) => {
@@ -190,11 +280,150 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, store, counters, cfg, mnt) = (stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.clone());
+        std::thread::Builder::new()
+            .name("stats".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    write_snapshot(&snapshot(&counters, &store, &cfg, &mnt), store.dir());
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            })
+            .map_err(|e| format!("cannot start the stats thread: {e}"))?
+    };
     let served = session.run();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = writer.join();
+    write_snapshot(&snapshot(&counters, &store, &cfg, &mnt), store.dir());
     let closed = store.close();
     log::info!("unmounted {}", mnt.display());
     served.map_err(|e| format!("FUSE session failed: {e}"))?;
     closed.map_err(|e| format!("closing the store: {e}"))
+}
+
+/// The daemon's counters and knobs, as `mmapfs stats` shows them.
+fn snapshot(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> Snapshot {
+    let (msync_calls, msync_bytes, msync_ns) = {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &store.counters;
+        (c.msync_calls.load(Relaxed), c.msync_bytes.load(Relaxed), c.msync_nanos.load(Relaxed))
+    };
+    let (appends, syncs) = store.journal_counters();
+    let (minor, major) = stats::page_faults();
+    let (segments, resident, used, inodes) = store.usage();
+    let o = &cfg.store_opts;
+    let mode = if cfg.fs.writeback_cache {
+        "writeback_cache"
+    } else if cfg.fs.direct_io {
+        "direct_io"
+    } else {
+        "default"
+    };
+    let kernel: Vec<String> = cfg.kernel.iter().map(|k| format!("{k:?}")).collect();
+    let options = vec![
+        ("backend", format!("{:?}", o.tuning.backend).to_lowercase()),
+        ("madvise", o.tuning.advice.map_or("none".into(), |a| format!("{a:?}").to_lowercase())),
+        ("populate", o.tuning.populate.to_string()),
+        ("sync", format!("{:?}", o.sync).to_lowercase()),
+        ("cache", mode.to_string()),
+        ("threads", cfg.threads.to_string()),
+        ("max_write", cfg.fs.max_write.to_string()),
+        ("attr_timeout", format!("{:?}", cfg.fs.attr_ttl)),
+        ("entry_timeout", format!("{:?}", cfg.fs.entry_ttl)),
+        ("segment_size", store.superblock().segment_size.to_string()),
+        ("capacity", store.superblock().capacity.to_string()),
+        ("journal_limit", o.journal_limit.to_string()),
+        ("kernel_options", kernel.join(",")),
+    ];
+    Snapshot {
+        pid: std::process::id(),
+        store: store.dir().display().to_string(),
+        mountpoint: mnt.display().to_string(),
+        options: options.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        uptime_s: counters.uptime().as_secs_f64(),
+        ops: counters.ops(),
+        msync_calls,
+        msync_bytes,
+        msync_ms: msync_ns as f64 / 1e6,
+        journal_appends: appends,
+        journal_syncs: syncs,
+        minor_faults: minor,
+        major_faults: major,
+        segments_mapped: segments,
+        resident_bytes: resident,
+        used_bytes: used,
+        capacity_bytes: store.superblock().capacity,
+        inodes,
+    }
+}
+
+/// Writes `STORE/stats.json` atomically (write, rename).
+fn write_snapshot(s: &Snapshot, dir: &Path) {
+    let tmp = dir.join("stats.json.tmp");
+    let r = serde_json::to_vec_pretty(s)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, dir.join("stats.json")));
+    if let Err(e) = r {
+        log::warn!("cannot write {}: {e}", dir.join("stats.json").display());
+    }
+}
+
+/// The store behind a mountpoint, from the source column of the mount table.
+fn store_of_mount(mnt: &Path) -> Option<PathBuf> {
+    let want = mnt.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    for line in info.lines() {
+        let mut halves = line.splitn(2, " - ");
+        let (left, right) = (halves.next()?, halves.next()?);
+        if unescape(left.split(' ').nth(4)?) != want.to_string_lossy() {
+            continue;
+        }
+        let source = unescape(right.split(' ').nth(1)?);
+        return source.strip_prefix("mmapfs:").map(PathBuf::from);
+    }
+    None
+}
+
+/// Undoes the octal escapes (`\040` for a space…) of /proc/self/mountinfo.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn show_stats(path: &Path, json: bool) -> Result<(), String> {
+    let store = if path.join("superblock").exists() {
+        path.to_path_buf()
+    } else {
+        store_of_mount(path).ok_or_else(|| format!("{} is neither an mmapfs store nor an mmapfs mountpoint", path.display()))?
+    };
+    let file = store.join("stats.json");
+    let data = std::fs::read(&file).map_err(|e| format!("{}: {e} (has the store ever been mounted?)", file.display()))?;
+    let snap: Snapshot = serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", file.display()))?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(snap.pid as i32, 0) } == 0;
+    if json {
+        println!("{}", String::from_utf8_lossy(&data));
+    } else {
+        print!("{}", snap.table());
+        if !alive {
+            println!("(the daemon is not running: these are its last figures)");
+        }
+    }
+    Ok(())
 }
 
 fn lazy_unmount(mnt: &Path) {

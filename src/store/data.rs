@@ -7,7 +7,7 @@ use super::alloc::{Allocator, Run};
 use super::meta::{self, Attr, Content, Extents, Inode, Kind, Op, Piece, Ts};
 use super::segment::Segment;
 use super::table::Node;
-use super::{Error, Ino, Result, Store, corrupt, lock, rd, wr};
+use super::{Error, Ino, Result, Store, SyncPolicy, corrupt, lock, rd, wr};
 
 impl Store {
     fn seg(&self, idx: u64) -> &Segment {
@@ -16,16 +16,27 @@ impl Store {
     }
 
     /// Calls `f(segment, byte offset, len)` for the pieces of a physical byte range, split at
-    /// segment boundaries.
-    fn phys_ranges(&self, phys_byte: u64, len: u64, mut f: impl FnMut(&Segment, usize, usize)) {
+    /// segment boundaries. A failed segment I/O (possible with the pread backend) is sticky:
+    /// the store refuses further changes, as after a failed journal write.
+    fn phys_ranges(
+        &self,
+        phys_byte: u64,
+        len: u64,
+        mut f: impl FnMut(&Segment, usize, usize) -> std::io::Result<()>,
+    ) -> Result<()> {
         let (ss, mut at, mut left) = (self.sb.segment_size, phys_byte, len);
         while left > 0 {
             let off = at % ss;
             let n = left.min(ss - off);
-            f(self.seg(at / ss), off as usize, n as usize);
+            if let Err(e) = f(self.seg(at / ss), off as usize, n as usize) {
+                log::error!("segment I/O failed: {e}; the store refuses further changes");
+                self.failed.store(true, Ordering::Release);
+                return Err(Error::Io(e));
+            }
             at += n;
             left -= n;
         }
+        Ok(())
     }
 
     pub fn open_file(&self, ino: Ino) -> Result<Attr> {
@@ -113,10 +124,11 @@ impl Store {
             && let Some(pb) = single
         {
             let (ss, len) = (self.sb.segment_size, end - off);
-            if pb % ss + len <= ss {
-                // SAFETY: we hold this inode's read lock until `f` returns; its blocks are
-                // written only under its write lock, and no other process maps segments.
-                let s = unsafe { self.seg(pb / ss).slice((pb % ss) as usize, len as usize) };
+            // SAFETY: we hold this inode's read lock until `f` returns; its blocks are
+            // written only under its write lock, and no other process maps segments.
+            if pb % ss + len <= ss
+                && let Some(s) = unsafe { self.seg(pb / ss).slice((pb % ss) as usize, len as usize) }
+            {
                 return Ok(f(s));
             }
         }
@@ -126,18 +138,21 @@ impl Store {
             let len = (end - off) as usize;
             buf.clear();
             buf.resize(len, 0);
+            let mut res = Ok(());
             x.pieces(first, last, |p| {
-                if let Piece::Mapped { logical, phys, len: n } = p {
+                if let (Piece::Mapped { logical, phys, len: n }, true) = (p, res.is_ok()) {
                     // Clip the piece to off..end, in bytes.
                     let lo = (logical * bs).max(off);
                     let hi = ((logical + n) * bs).min(end);
                     let mut dst = (lo - off) as usize;
-                    self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |seg, so, l| {
-                        seg.read_at(so, &mut buf[dst..dst + l]);
+                    res = self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |seg, so, l| {
+                        seg.read_at(so, &mut buf[dst..dst + l])?;
                         dst += l;
+                        Ok(())
                     });
                 }
             });
+            res?;
             Ok(f(&buf))
         })
     }
@@ -163,7 +178,7 @@ impl Store {
                 _ => return Err(Error::Invalid),
             };
             if fits {
-                self.copy_in(&mut g, off, data);
+                self.copy_in(&mut g, off, data)?;
                 return Ok(data.len());
             }
         }
@@ -176,7 +191,7 @@ impl Store {
         let Content::File(x) = &g.content else { return Err(Error::Invalid) };
         let maps = self.allocate(ino, x, first, last)?;
         // Freshly allocated blocks may hold old data: zero what this write does not cover.
-        self.zero_new(&maps, off, end);
+        self.zero_new(&maps, off, end)?;
         let now = Ts::now();
         let mut ops = maps;
         if end > old_size {
@@ -188,14 +203,14 @@ impl Store {
                 _ => {
                     // Bytes between the old end of file and this write were never visible:
                     // they may be stale, so zero them before they become part of the file.
-                    self.zero_tail(&g, old_size, off);
+                    self.zero_tail(&g, old_size, off)?;
                     meta::apply_setsize(&mut g, op, bs).map_err(|e| Error::Corrupt(corrupt(e)))?;
                 }
             }
         }
         // Data first, record second: a crash in between leaves the blocks unreferenced rather
         // than a file that shows another file's old bytes.
-        self.copy_in(&mut g, off, data);
+        self.copy_in(&mut g, off, data)?;
         self.append(&ops)?;
         drop(g);
         drop(_gate);
@@ -244,37 +259,40 @@ impl Store {
     }
 
     /// Zeroes the newly allocated blocks of `maps` except the bytes `keep_from..keep_to`.
-    fn zero_new(&self, maps: &[Op], keep_from: u64, keep_to: u64) {
+    fn zero_new(&self, maps: &[Op], keep_from: u64, keep_to: u64) -> Result<()> {
         let bs = self.bs;
         for m in maps {
             let Op::Map { logical, phys, len, .. } = *m else { continue };
             let (lo, hi) = (logical * bs, (logical + len) * bs);
             let (k0, k1) = (keep_from.clamp(lo, hi), keep_to.clamp(lo, hi));
             if k0 > lo {
-                self.phys_ranges(phys * bs, k0 - lo, |s, o, l| s.zero(o, l));
+                self.phys_ranges(phys * bs, k0 - lo, |s, o, l| s.zero(o, l))?;
             }
             if hi > k1 {
-                self.phys_ranges(phys * bs + (k1 - lo), hi - k1, |s, o, l| s.zero(o, l));
+                self.phys_ranges(phys * bs + (k1 - lo), hi - k1, |s, o, l| s.zero(o, l))?;
             }
         }
+        Ok(())
     }
 
     /// Zeroes the stored bytes of `from..to` and marks them dirty.
-    fn zero_stored(&self, g: &mut Inode, from: u64, to: u64) {
+    fn zero_stored(&self, g: &mut Inode, from: u64, to: u64) -> Result<()> {
         let bs = self.bs;
         if to <= from {
-            return;
+            return Ok(());
         }
-        let Content::File(x) = &g.content else { return };
+        let Content::File(x) = &g.content else { return Ok(()) };
         let dirty = &mut g.extra.get_or_insert_with(Default::default).dirty;
+        let mut res = Ok(());
         x.pieces(from / bs, (to - 1) / bs + 1, |p| {
-            if let Piece::Mapped { logical, phys, len } = p {
+            if let (Piece::Mapped { logical, phys, len }, true) = (p, res.is_ok()) {
                 let lo = (logical * bs).max(from);
                 let hi = ((logical + len) * bs).min(to);
-                self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |s, o, l| s.zero(o, l));
+                res = self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |s, o, l| s.zero(o, l));
                 note_dirty(dirty, Run { start: phys, len });
             }
         });
+        res
     }
 
     /// fallocate(2): mode 0 and `KEEP_SIZE` allocate (holes read zeros), `PUNCH_HOLE` frees
@@ -309,10 +327,10 @@ impl Store {
             // Whole blocks go; the partial blocks at either edge are zeroed in place.
             let (first, last) = (off.div_ceil(bs), end / bs);
             if first < last {
-                self.zero_stored(&mut g, off, first * bs);
-                self.zero_stored(&mut g, last * bs, end);
+                self.zero_stored(&mut g, off, first * bs)?;
+                self.zero_stored(&mut g, last * bs, end)?;
             } else {
-                self.zero_stored(&mut g, off, end);
+                self.zero_stored(&mut g, off, end)?;
             }
             let op = Op::Punch { ino, logical: first, len: last.saturating_sub(first), time: now };
             self.append(std::slice::from_ref(&op))?;
@@ -323,13 +341,13 @@ impl Store {
         }
         let old_size = g.attr.size;
         let maps = self.allocate(ino, x, off / bs, end.div_ceil(bs))?;
-        self.zero_new(&maps, 0, 0);
+        self.zero_new(&maps, 0, 0)?;
         if mode & ZERO != 0 {
-            self.zero_stored(&mut g, off, end);
+            self.zero_stored(&mut g, off, end)?;
         }
         let mut ops = maps;
         if mode & KEEP == 0 && end > old_size {
-            self.zero_tail(&g, old_size, end);
+            self.zero_tail(&g, old_size, end)?;
             ops.push(Op::SetSize { ino, size: end, mtime: now, ctime: now });
         } else if mode & ZERO != 0 {
             ops.push(Op::SetSize { ino, size: old_size, mtime: now, ctime: now });
@@ -384,34 +402,38 @@ impl Store {
 
     /// Zeroes the stored bytes from `from` (an old end of file) to `to` within the block
     /// holding `from`: bytes past EOF are not kept zero, they are zeroed when exposed.
-    fn zero_tail(&self, g: &Inode, from: u64, to: u64) {
+    fn zero_tail(&self, g: &Inode, from: u64, to: u64) -> Result<()> {
         let bs = self.bs;
-        if from.is_multiple_of(bs) || to <= from {
-            return;
+        if from % bs == 0 || to <= from {
+            return Ok(());
         }
-        let Some(x) = g.extents() else { return };
+        let Some(x) = g.extents() else { return Ok(()) };
         let stop = to.min((from / bs + 1) * bs);
+        let mut res = Ok(());
         x.pieces(from / bs, from / bs + 1, |p| {
             if let Piece::Mapped { phys, .. } = p {
-                self.phys_ranges(phys * bs + from % bs, stop - from, |s, o, l| s.zero(o, l));
+                res = self.phys_ranges(phys * bs + from % bs, stop - from, |s, o, l| s.zero(o, l));
             }
         });
+        res
     }
 
     /// Copies `data` into the stored blocks at `off` (all stored) and marks them dirty.
-    fn copy_in(&self, g: &mut Inode, off: u64, data: &[u8]) {
+    fn copy_in(&self, g: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
         let bs = self.bs;
         let end = off + data.len() as u64;
-        let Content::File(x) = &g.content else { return };
+        let Content::File(x) = &g.content else { return Ok(()) };
         let dirty = &mut g.extra.get_or_insert_with(Default::default).dirty;
+        let mut res = Ok(());
         x.pieces(off / bs, (end - 1) / bs + 1, |p| {
-            if let Piece::Mapped { logical, phys, len } = p {
+            if let (Piece::Mapped { logical, phys, len }, true) = (p, res.is_ok()) {
                 let lo = (logical * bs).max(off);
                 let hi = ((logical + len) * bs).min(end);
                 let mut src = (lo - off) as usize;
-                self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |seg, so, l| {
-                    seg.write_at(so, &data[src..src + l]);
+                res = self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |seg, so, l| {
+                    seg.write_at(so, &data[src..src + l])?;
                     src += l;
+                    Ok(())
                 });
                 note_dirty(dirty, Run { start: phys, len });
             }
@@ -420,6 +442,7 @@ impl Store {
         g.attr.mtime = now;
         g.attr.ctime = now;
         g.times_dirty = true;
+        res
     }
 
     /// Adds a segment (up to the capacity).
@@ -429,7 +452,7 @@ impl Store {
             return Err(Error::NoSpace);
         }
         let path = self.dir.join("segments").join(format!("{idx:06}.seg"));
-        let seg = Segment::create(&path, self.sb.segment_size as usize).map_err(|e| {
+        let seg = Segment::create(&path, self.sb.segment_size as usize, &self.tuning).map_err(|e| {
             log::error!("cannot create segment {}: {e}", path.display());
             if e.raw_os_error() == Some(libc::ENOSPC) { Error::NoSpace } else { Error::Io(e) }
         })?;
@@ -458,7 +481,7 @@ impl Store {
         let now = Ts::now();
         let op = Op::SetSize { ino, size, mtime: now, ctime: now };
         if size > g.attr.size {
-            self.zero_tail(&g, g.attr.size, size);
+            self.zero_tail(&g, g.attr.size, size)?;
         }
         self.append(std::slice::from_ref(&op))?;
         let freed = meta::apply_setsize(&mut g, &op, self.bs).map_err(|e| Error::Corrupt(corrupt(e)))?;
@@ -476,6 +499,9 @@ impl Store {
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EIO)));
         }
+        if self.sync_policy == SyncPolicy::None {
+            return Ok(());
+        }
         let node = self.node(ino)?;
         self.journal_times(ino, &node)?;
         let mut runs = wr(&node).take_dirty();
@@ -488,25 +514,30 @@ impl Store {
             }
         }
         let started = std::time::Instant::now();
-        let mut res = Ok(());
         let bs = self.bs;
+        // The pread backend syncs whole segment files: once per segment is enough.
+        let mut synced_whole: Vec<*const Segment> = Vec::new();
+        let mut calls = 0u64;
         for r in &merged {
             self.phys_ranges(r.start * bs, r.len * bs, |seg, o, l| {
-                if res.is_ok() {
-                    res = seg.sync_range(o, l);
+                if seg.syncs_whole_file() {
+                    if synced_whole.contains(&(seg as *const Segment)) {
+                        return Ok(());
+                    }
+                    synced_whole.push(seg);
                 }
-            });
+                calls += 1;
+                seg.sync_range(o, l)
+            })?;
         }
         let c = &self.counters;
-        c.msync_calls.fetch_add(merged.len() as u64, Ordering::Relaxed);
+        c.msync_calls.fetch_add(calls, Ordering::Relaxed);
         c.msync_bytes.fetch_add(merged.iter().map(|r| r.len * bs).sum(), Ordering::Relaxed);
         c.msync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if let Err(e) = res {
-            log::error!("msync failed for inode {ino}: {e}; the store refuses further fsyncs");
-            self.failed.store(true, Ordering::Release);
-            return Err(Error::Io(e));
+        if self.sync_policy == SyncPolicy::Full {
+            self.sync_journal()?;
         }
-        self.sync_journal()
+        Ok(())
     }
 
     /// Makes the journal durable (fsyncdir, and the tail of every fsync).

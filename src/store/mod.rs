@@ -33,6 +33,7 @@ pub use error::{Error, Result};
 use meta::{Attr, Content, Dir, Inode, Kind, Op, Ts};
 pub use meta::{Ino, ROOT};
 use segment::Segment;
+pub use segment::{Backend, Tuning};
 use superblock::Superblock;
 use table::{Node, Table};
 
@@ -54,6 +55,18 @@ impl Default for FormatOptions {
     }
 }
 
+/// What fsync does (an experiment knob; `Full` is the only safe choice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// The file's dirty ranges and the journal are made durable (default).
+    #[default]
+    Full,
+    /// Only the file's data: metadata (sizes, new blocks, names) may be lost on power failure.
+    Data,
+    /// Nothing: fsync returns at once. UNSAFE, for measuring what syncing costs.
+    None,
+}
+
 /// How to open a store.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenOptions {
@@ -61,11 +74,20 @@ pub struct OpenOptions {
     pub format: FormatOptions,
     /// Journal size that triggers a checkpoint; bounds the replay work at mount. Default 32 MiB.
     pub journal_limit: u64,
+    /// Backend, madvise and populate of the segments. Default: mmap, none, no.
+    pub tuning: Tuning,
+    /// What fsync does. Default: full.
+    pub sync: SyncPolicy,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { format: FormatOptions::default(), journal_limit: 32 << 20 }
+        OpenOptions {
+            format: FormatOptions::default(),
+            journal_limit: 32 << 20,
+            tuning: Tuning::default(),
+            sync: SyncPolicy::default(),
+        }
     }
 }
 
@@ -117,6 +139,8 @@ pub struct Store {
     checkpointing: Mutex<()>,
     next_ino: AtomicU64,
     journal_limit: u64,
+    tuning: Tuning,
+    sync_policy: SyncPolicy,
     /// Set when an msync failed: every later fsync reports EIO until the store is reopened.
     failed: AtomicBool,
     pub counters: Counters,
@@ -267,7 +291,7 @@ impl Store {
         }
         for (i, slot) in segments.iter().enumerate().take(count) {
             let path = seg_dir.join(format!("{i:06}.seg"));
-            let seg = Segment::open(&path, sb.segment_size as usize)
+            let seg = Segment::open(&path, sb.segment_size as usize, &opts.tuning)
                 .map_err(|e| Error::Corrupt(format!("segment {}: {e}", path.display())))?;
             let _ = slot.set(seg);
         }
@@ -320,6 +344,8 @@ impl Store {
             checkpointing: Mutex::new(()),
             next_ino: AtomicU64::new(next_ino),
             journal_limit: opts.journal_limit,
+            tuning: opts.tuning,
+            sync_policy: opts.sync,
             failed: AtomicBool::new(false),
             counters: Counters::default(),
             _lock: lock_file,
@@ -453,6 +479,16 @@ impl Store {
             files: files + (1 << 32),
             free_files: 1 << 32,
         }
+    }
+
+    /// What the store reports for `mmapfs stats`: (segments mapped, resident bytes of the
+    /// segments, used bytes, inodes).
+    pub fn usage(&self) -> (u64, Option<u64>, u64, u64) {
+        let segs: Vec<&Segment> = self.segments.iter().filter_map(|s| s.get()).collect();
+        let resident = segs.iter().map(|s| s.resident()).sum::<Option<u64>>();
+        let free = lock(&self.alloc).free_blocks();
+        let used = segs.len() as u64 * self.sb.blocks_per_segment() - free;
+        (segs.len() as u64, resident, used * self.bs, self.table.len() as u64)
     }
 
     /// Journal counters: (records appended, syncs).

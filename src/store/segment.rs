@@ -3,26 +3,48 @@
 //! A segment is created at its full size (space reserved with `fallocate`) before it is
 //! mapped, and never shrunk while mapped, so no access inside `0..len` can raise `SIGBUS`.
 //! Everything outside this module sees bounds-checked copies and one borrowing accessor whose
-//! soundness contract is spelled out on it.
+//! soundness contract is spelled out on it. With the `pread` backend the file is not mapped
+//! at all and the same copies go through `pread`/`pwrite` (the buffer-management comparison).
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use memmap2::{MmapOptions, MmapRaw};
+use memmap2::{Advice, MmapOptions, MmapRaw};
 
-/// A mapped segment file.
+/// How segment data is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Through `MAP_SHARED` mappings (default).
+    #[default]
+    Mmap,
+    /// Through `pread`/`pwrite` on the segment files; fsync is `fdatasync`.
+    Pread,
+}
+
+/// How segments are mapped and reached. Default: mmap backend, no madvise, no populate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tuning {
+    pub backend: Backend,
+    /// `madvise` applied to every mapping.
+    pub advice: Option<Advice>,
+    /// Pre-fault every mapping (`MAP_POPULATE`).
+    pub populate: bool,
+}
+
+/// A segment file, mapped unless the backend is `pread`.
 pub(crate) struct Segment {
     file: File,
-    map: MmapRaw,
+    map: Option<MmapRaw>,
     len: usize,
 }
 
 impl Segment {
     /// Creates the segment file at `path` with `len` bytes reserved on disk, durably
     /// (written to `path.tmp`, synced, renamed, directory synced), then maps it.
-    pub(crate) fn create(path: &Path, len: usize) -> io::Result<Segment> {
+    pub(crate) fn create(path: &Path, len: usize, t: &Tuning) -> io::Result<Segment> {
         let tmp = path.with_extension("seg.tmp");
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         reserve(&file, len)?;
@@ -31,11 +53,11 @@ impl Segment {
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        Self::map(file, len)
+        Self::map(file, len, t)
     }
 
     /// Opens an existing segment file, which must be exactly `len` bytes long.
-    pub(crate) fn open(path: &Path, len: usize) -> io::Result<Segment> {
+    pub(crate) fn open(path: &Path, len: usize, t: &Tuning) -> io::Result<Segment> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let actual = file.metadata()?.len();
         if actual != len as u64 {
@@ -44,12 +66,35 @@ impl Segment {
                 format!("segment {} is {actual} bytes, the superblock says {len}", path.display()),
             ));
         }
-        Self::map(file, len)
+        Self::map(file, len, t)
     }
 
-    fn map(file: File, len: usize) -> io::Result<Segment> {
-        let map = MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(Segment { file, map, len })
+    fn map(file: File, len: usize, t: &Tuning) -> io::Result<Segment> {
+        if t.backend == Backend::Pread {
+            return Ok(Segment { file, map: None, len });
+        }
+        let mut o = MmapOptions::new();
+        o.len(len);
+        if t.populate {
+            o.populate();
+        }
+        let map = o.map_raw(&file)?;
+        if let Some(a) = t.advice
+            && let Err(e) = map.advise(a)
+        {
+            log::warn!("madvise({a:?}) on a segment failed: {e}");
+        }
+        Ok(Segment { file, map: Some(map), len })
+    }
+
+    /// Bytes of this segment in the page cache (`mincore`); `None` without a mapping.
+    pub(crate) fn resident(&self) -> Option<u64> {
+        let map = self.map.as_ref()?;
+        let page = super::superblock::page_size() as usize;
+        let mut vec = vec![0u8; self.len.div_ceil(page)];
+        // SAFETY: the mapping is live for `len` bytes; `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(map.as_mut_ptr().cast(), self.len, vec.as_mut_ptr()) };
+        (rc == 0).then(|| vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64)
     }
 
     fn check(&self, off: usize, len: usize) {
@@ -63,31 +108,46 @@ impl Segment {
     }
 
     /// Copies `buf.len()` bytes at `off` out of the mapping.
-    pub(crate) fn read_at(&self, off: usize, buf: &mut [u8]) {
+    pub(crate) fn read_at(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
         self.check(off, buf.len());
+        let Some(map) = &self.map else { return self.file.read_exact_at(buf, off as u64) };
         // SAFETY: `check` proved `off..off+len` lies inside the live mapping; the source is
         // the mapping and the destination a caller's buffer, so they cannot overlap.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), buf.as_mut_ptr(), buf.len());
+            std::ptr::copy_nonoverlapping(map.as_ptr().add(off), buf.as_mut_ptr(), buf.len());
         }
+        Ok(())
     }
 
     /// Copies `data` into the mapping at `off`.
-    pub(crate) fn write_at(&self, off: usize, data: &[u8]) {
+    pub(crate) fn write_at(&self, off: usize, data: &[u8]) -> io::Result<()> {
         self.check(off, data.len());
+        let Some(map) = &self.map else { return self.file.write_all_at(data, off as u64) };
         // SAFETY: in bounds by `check`; the destination is mapped writable (map_raw maps
         // read-write) and cannot overlap a caller's slice that is not itself in this mapping
         // (the store never writes from one mapping range into another through this call).
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off), data.len());
+            std::ptr::copy_nonoverlapping(data.as_ptr(), map.as_mut_ptr().add(off), data.len());
         }
+        Ok(())
     }
 
     /// Fills `len` bytes at `off` with zeros.
-    pub(crate) fn zero(&self, off: usize, len: usize) {
+    pub(crate) fn zero(&self, off: usize, len: usize) -> io::Result<()> {
         self.check(off, len);
+        let Some(map) = &self.map else {
+            const ZEROS: [u8; 4096] = [0; 4096];
+            let mut at = off;
+            while at < off + len {
+                let n = (off + len - at).min(ZEROS.len());
+                self.file.write_all_at(&ZEROS[..n], at as u64)?;
+                at += n;
+            }
+            return Ok(());
+        };
         // SAFETY: in bounds by `check`, and the mapping is writable.
-        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(off), 0, len) }
+        unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(off), 0, len) }
+        Ok(())
     }
 
     /// Borrows `len` mapped bytes at `off`, so a read can be answered without a copy.
@@ -97,16 +157,27 @@ impl Segment {
     /// store hands out such slices only while it holds the owning inode's read lock, every
     /// writer of an inode's blocks holds its write lock, and no other process maps the segment
     /// files (the store lock keeps other daemons out).
-    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &[u8] {
+    /// `None` with the pread backend, which has no mapping to lend.
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> Option<&[u8]> {
         self.check(off, len);
+        let map = self.map.as_ref()?;
         // SAFETY: in bounds by `check`; freedom from concurrent writes is the caller's contract.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) }
+        Some(unsafe { std::slice::from_raw_parts(map.as_ptr().add(off), len) })
     }
 
-    /// `msync(MS_SYNC)` of the pages covering `off..off+len`: returns once they are on disk.
+    /// Makes `off..off+len` durable: `msync(MS_SYNC)` of exactly those pages with a mapping,
+    /// `fdatasync` of the file with the pread backend (no range-limited equivalent exists).
     pub(crate) fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {
         self.check(off, len);
-        self.map.flush_range(off, len)
+        match &self.map {
+            Some(map) => map.flush_range(off, len),
+            None => self.file.sync_data(),
+        }
+    }
+
+    /// True when syncing any range syncs the whole file (pread backend).
+    pub(crate) fn syncs_whole_file(&self) -> bool {
+        self.map.is_none()
     }
 
     /// Gives the blocks' disk space back (punch hole); they read as zeros afterwards.
@@ -147,17 +218,24 @@ mod tests {
     fn create_write_read_sync_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("000000.seg");
-        let seg = Segment::create(&path, 1 << 20).unwrap();
-        seg.write_at(4095, b"hello");
-        let mut buf = [0u8; 7];
-        seg.read_at(4094, &mut buf);
-        assert_eq!(&buf, b"\0hello\0");
-        seg.sync_range(4095, 5).unwrap();
-        seg.zero(4096, 2);
-        drop(seg);
-        let seg = Segment::open(&path, 1 << 20).unwrap();
-        // SAFETY: single-threaded test, nobody writes the mapping.
-        assert_eq!(unsafe { seg.slice(4095, 5) }, b"h\0\0lo");
-        assert!(Segment::open(&path, 1 << 21).is_err());
+        for backend in [Backend::Mmap, Backend::Pread] {
+            let t = Tuning { backend, ..Tuning::default() };
+            let _ = std::fs::remove_file(&path);
+            let seg = Segment::create(&path, 1 << 20, &t).unwrap();
+            seg.write_at(4095, b"hello").unwrap();
+            let mut buf = [0u8; 7];
+            seg.read_at(4094, &mut buf).unwrap();
+            assert_eq!(&buf, b"\0hello\0");
+            seg.sync_range(4095, 5).unwrap();
+            seg.zero(4096, 2).unwrap();
+            drop(seg);
+            let seg = Segment::open(&path, 1 << 20, &t).unwrap();
+            seg.read_at(4095, &mut buf[..5]).unwrap();
+            assert_eq!(&buf[..5], b"h\0\0lo");
+            // SAFETY: single-threaded test, nobody writes the mapping.
+            assert_eq!(unsafe { seg.slice(4095, 5) }.is_some(), backend == Backend::Mmap);
+            assert_eq!(seg.resident().is_some(), backend == Backend::Mmap);
+            assert!(Segment::open(&path, 1 << 21, &t).is_err());
+        }
     }
 }

@@ -1,0 +1,249 @@
+//! Counters a user can read while mmapfs runs: per FUSE operation count, bytes and a latency
+//! histogram; plus what the store and the kernel report. The daemon writes a snapshot to
+//! `STORE/stats.json` every second; `mmapfs stats` reads it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The operations counted, in table order.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Lookup,
+    Getattr,
+    Setattr,
+    Read,
+    Write,
+    Create,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Rename,
+    Link,
+    Symlink,
+    Readlink,
+    Open,
+    Release,
+    Flush,
+    Fsync,
+    Readdir,
+    Fsyncdir,
+    Statfs,
+    Xattr,
+    Fallocate,
+    Lseek,
+    CopyFileRange,
+}
+
+const OPS: [&str; 25] = [
+    "lookup", "getattr", "setattr", "read", "write", "create", "mknod", "mkdir", "unlink", "rmdir", "rename", "link",
+    "symlink", "readlink", "open", "release", "flush", "fsync", "readdir", "fsyncdir", "statfs", "xattr", "fallocate",
+    "lseek", "copy_file_range",
+];
+
+/// Latency buckets: bucket `i` holds latencies in `[2^i, 2^(i+1))` nanoseconds.
+const BUCKETS: usize = 40;
+
+struct Counter {
+    count: AtomicU64,
+    bytes: AtomicU64,
+    max_ns: AtomicU64,
+    hist: [AtomicU64; BUCKETS],
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter {
+            count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
+            hist: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Lock-free per-operation counters.
+pub struct Stats {
+    ops: Vec<Counter>,
+    started: Instant,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats { ops: (0..OPS.len()).map(|_| Counter::default()).collect(), started: Instant::now() }
+    }
+}
+
+/// Records one operation when dropped.
+pub struct Timer<'a> {
+    stats: &'a Stats,
+    op: Op,
+    bytes: u64,
+    t0: Instant,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.stats.record(self.op, self.bytes, self.t0.elapsed());
+    }
+}
+
+impl Stats {
+    /// Starts timing one `op` moving `bytes`.
+    pub fn time(&self, op: Op, bytes: u64) -> Timer<'_> {
+        Timer { stats: self, op, bytes, t0: Instant::now() }
+    }
+
+    pub fn record(&self, op: Op, bytes: u64, took: Duration) {
+        let c = &self.ops[op as usize];
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+        c.count.fetch_add(1, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
+        c.max_ns.fetch_max(ns, Ordering::Relaxed);
+        let b = (63 - ns.max(1).leading_zeros() as usize).min(BUCKETS - 1);
+        c.hist[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The operations that happened, with percentiles from the histogram (upper bucket bounds).
+    pub fn ops(&self) -> Vec<OpStats> {
+        let mut v = Vec::new();
+        for (i, c) in self.ops.iter().enumerate() {
+            let count = c.count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let hist: Vec<u64> = c.hist.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+            let pct = |p: f64| {
+                let want = ((count as f64) * p).ceil().max(1.0) as u64;
+                let mut seen = 0;
+                for (b, n) in hist.iter().enumerate() {
+                    seen += n;
+                    if seen >= want {
+                        return (1u64 << (b + 1)) as f64 / 1000.0;
+                    }
+                }
+                0.0
+            };
+            let max_us = c.max_ns.load(Ordering::Relaxed) as f64 / 1000.0;
+            v.push(OpStats {
+                op: OPS[i].to_string(),
+                count,
+                bytes: c.bytes.load(Ordering::Relaxed),
+                // A bucket's upper bound can exceed the largest value seen.
+                p50_us: pct(0.5).min(max_us),
+                p99_us: pct(0.99).min(max_us),
+                max_us,
+            });
+        }
+        v
+    }
+}
+
+/// One operation's figures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpStats {
+    pub op: String,
+    pub count: u64,
+    pub bytes: u64,
+    /// Latency percentiles in microseconds (upper bounds of power-of-two buckets).
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+/// Everything `mmapfs stats` shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub pid: u32,
+    pub store: String,
+    pub mountpoint: String,
+    /// Every knob the daemon runs with.
+    pub options: std::collections::BTreeMap<String, String>,
+    pub uptime_s: f64,
+    pub ops: Vec<OpStats>,
+    pub msync_calls: u64,
+    pub msync_bytes: u64,
+    pub msync_ms: f64,
+    pub journal_appends: u64,
+    pub journal_syncs: u64,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub segments_mapped: u64,
+    /// Bytes of the segments in the page cache (mincore); absent with the pread backend.
+    pub resident_bytes: Option<u64>,
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub inodes: u64,
+}
+
+impl Snapshot {
+    /// A table for people.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "mmapfs pid {} — store {} at {}, up {:.0} s", self.pid, self.store, self.mountpoint, self.uptime_s);
+        let opts: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(s, "options: {}", opts.join(" "));
+        let _ = writeln!(s, "{:<16}{:>12}{:>14}{:>11}{:>11}{:>11}", "operation", "count", "bytes", "p50 µs", "p99 µs", "max µs");
+        for o in &self.ops {
+            let _ = writeln!(
+                s,
+                "{:<16}{:>12}{:>14}{:>11.1}{:>11.1}{:>11.1}",
+                o.op, o.count, o.bytes, o.p50_us, o.p99_us, o.max_us
+            );
+        }
+        let _ = writeln!(s, "msync: {} calls, {} bytes, {:.1} ms", self.msync_calls, self.msync_bytes, self.msync_ms);
+        let _ = writeln!(s, "journal: {} appends, {} syncs", self.journal_appends, self.journal_syncs);
+        let _ = writeln!(s, "daemon page faults: {} minor, {} major", self.minor_faults, self.major_faults);
+        let resident = self.resident_bytes.map_or("n/a (pread backend)".to_string(), |r| format!("{} MiB", r >> 20));
+        let _ = writeln!(s, "segments: {} mapped, resident {resident}", self.segments_mapped);
+        let _ = writeln!(
+            s,
+            "space: {} MiB used of {} MiB; {} inodes",
+            self.used_bytes >> 20,
+            self.capacity_bytes >> 20,
+            self.inodes
+        );
+        s
+    }
+}
+
+/// The daemon's page faults so far: (minor, major).
+pub fn page_faults() -> (u64, u64) {
+    // SAFETY: zeroed rusage is a valid out-buffer for getrusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return (0, 0);
+    }
+    (ru.ru_minflt as u64, ru.ru_majflt as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_from_buckets() {
+        let s = Stats::default();
+        for _ in 0..99 {
+            s.record(Op::Read, 4096, Duration::from_nanos(1500)); // bucket [1024, 2048)
+        }
+        s.record(Op::Read, 4096, Duration::from_micros(900)); // bucket [524288, 1048576)
+        let ops = s.ops();
+        assert_eq!(ops.len(), 1);
+        let r = &ops[0];
+        assert_eq!((r.op.as_str(), r.count, r.bytes), ("read", 100, 409_600));
+        assert_eq!(r.p50_us, 2.048);
+        assert_eq!(r.p99_us, 2.048);
+        assert_eq!(r.max_us, 900.0);
+        s.record(Op::Read, 0, Duration::from_micros(900));
+        assert_eq!(s.ops()[0].p99_us, 900.0, "clamped to the maximum");
+    }
+}
