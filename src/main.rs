@@ -141,7 +141,8 @@ fn main() -> ExitCode {
                 SyncArg::Data => SyncPolicy::Data,
                 SyncArg::None => SyncPolicy::None,
             };
-            cfg.store_opts = OpenOptions { format: FormatOptions { segment_size, capacity }, journal_limit, tuning, sync };
+            cfg.store_opts =
+                OpenOptions { format: FormatOptions { segment_size, capacity }, journal_limit, tuning, sync };
             if let Some(t) = threads {
                 cfg.threads = t;
             }
@@ -232,7 +233,9 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     }
     let cfg = &cfg;
     if cfg.store_opts.sync == SyncPolicy::None {
-        log::warn!("--sync none: fsync and msync do NOTHING; data and metadata are NOT durable (an experiment setting)");
+        log::warn!(
+            "--sync none: fsync and msync do NOTHING; data and metadata are NOT durable (an experiment setting)"
+        );
     }
     // Block the shutdown signals before any thread exists, so every thread inherits the mask
     // and only the waiter below receives them.
@@ -282,7 +285,8 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (stop, store, counters, cfg, mnt) = (stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.clone());
+        let (stop, store, counters, cfg, mnt) =
+            (stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.clone());
         std::thread::Builder::new()
             .name("stats".into())
             .spawn(move || {
@@ -408,10 +412,12 @@ fn show_stats(path: &Path, json: bool) -> Result<(), String> {
     let store = if path.join("superblock").exists() {
         path.to_path_buf()
     } else {
-        store_of_mount(path).ok_or_else(|| format!("{} is neither an mmapfs store nor an mmapfs mountpoint", path.display()))?
+        store_of_mount(path)
+            .ok_or_else(|| format!("{} is neither an mmapfs store nor an mmapfs mountpoint", path.display()))?
     };
     let file = store.join("stats.json");
-    let data = std::fs::read(&file).map_err(|e| format!("{}: {e} (has the store ever been mounted?)", file.display()))?;
+    let data =
+        std::fs::read(&file).map_err(|e| format!("{}: {e} (has the store ever been mounted?)", file.display()))?;
     let snap: Snapshot = serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", file.display()))?;
     // SAFETY: kill with signal 0 only checks that the process exists.
     let alive = unsafe { libc::kill(snap.pid as i32, 0) } == 0;

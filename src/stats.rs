@@ -38,9 +38,31 @@ pub enum Op {
 }
 
 const OPS: [&str; 25] = [
-    "lookup", "getattr", "setattr", "read", "write", "create", "mknod", "mkdir", "unlink", "rmdir", "rename", "link",
-    "symlink", "readlink", "open", "release", "flush", "fsync", "readdir", "fsyncdir", "statfs", "xattr", "fallocate",
-    "lseek", "copy_file_range",
+    "lookup",
+    "getattr",
+    "setattr",
+    "read",
+    "write",
+    "create",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "rename",
+    "link",
+    "symlink",
+    "readlink",
+    "open",
+    "release",
+    "flush",
+    "fsync",
+    "readdir",
+    "fsyncdir",
+    "statfs",
+    "xattr",
+    "fallocate",
+    "lseek",
+    "copy_file_range",
 ];
 
 /// Latency buckets: bucket `i` holds latencies in `[2^i, 2^(i+1))` nanoseconds.
@@ -187,10 +209,18 @@ impl Snapshot {
     pub fn table(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "mmapfs pid {} — store {} at {}, up {:.0} s", self.pid, self.store, self.mountpoint, self.uptime_s);
+        let _ = writeln!(
+            s,
+            "mmapfs pid {} — store {} at {}, up {:.0} s",
+            self.pid, self.store, self.mountpoint, self.uptime_s
+        );
         let opts: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(s, "options: {}", opts.join(" "));
-        let _ = writeln!(s, "{:<16}{:>12}{:>14}{:>11}{:>11}{:>11}", "operation", "count", "bytes", "p50 µs", "p99 µs", "max µs");
+        let _ = writeln!(
+            s,
+            "{:<16}{:>12}{:>14}{:>11}{:>11}{:>11}",
+            "operation", "count", "bytes", "p50 µs", "p99 µs", "max µs"
+        );
         for o in &self.ops {
             let _ = writeln!(
                 s,

@@ -13,7 +13,10 @@ use std::time::Duration;
 use common::{Mounted, Rng, run};
 
 fn stats_json(path: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(common::BIN).args([OsStr::new("stats"), OsStr::new("--json"), path.as_os_str()]).output().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args([OsStr::new("stats"), OsStr::new("--json"), path.as_os_str()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -124,12 +124,13 @@ impl Store {
             && let Some(pb) = single
         {
             let (ss, len) = (self.sb.segment_size, end - off);
-            // SAFETY: we hold this inode's read lock until `f` returns; its blocks are
-            // written only under its write lock, and no other process maps segments.
-            if pb % ss + len <= ss
-                && let Some(s) = unsafe { self.seg(pb / ss).slice((pb % ss) as usize, len as usize) }
-            {
-                return Ok(f(s));
+            if pb % ss + len <= ss {
+                // SAFETY: we hold this inode's read lock until `f` returns; its blocks are
+                // written only under its write lock, and no other process maps segments.
+                let slice = unsafe { self.seg(pb / ss).slice((pb % ss) as usize, len as usize) };
+                if let Some(s) = slice {
+                    return Ok(f(s));
+                }
             }
         }
         thread_local!(static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
@@ -404,7 +405,7 @@ impl Store {
     /// holding `from`: bytes past EOF are not kept zero, they are zeroed when exposed.
     fn zero_tail(&self, g: &Inode, from: u64, to: u64) -> Result<()> {
         let bs = self.bs;
-        if from % bs == 0 || to <= from {
+        if from.is_multiple_of(bs) || to <= from {
             return Ok(());
         }
         let Some(x) = g.extents() else { return Ok(()) };
@@ -515,20 +516,46 @@ impl Store {
         }
         let started = std::time::Instant::now();
         let bs = self.bs;
-        // The pread backend syncs whole segment files: once per segment is enough.
-        let mut synced_whole: Vec<*const Segment> = Vec::new();
-        let mut calls = 0u64;
+        // The file's dirty ranges, split at segment boundaries, in segment order.
+        let mut pieces: Vec<(u64, usize, usize)> = Vec::with_capacity(merged.len());
+        let ss = self.sb.segment_size;
         for r in &merged {
-            self.phys_ranges(r.start * bs, r.len * bs, |seg, o, l| {
-                if seg.syncs_whole_file() {
-                    if synced_whole.contains(&(seg as *const Segment)) {
-                        return Ok(());
-                    }
-                    synced_whole.push(seg);
+            let (mut at, end) = (r.start * bs, (r.start + r.len) * bs);
+            while at < end {
+                let n = (end - at).min(ss - at % ss);
+                pieces.push((at / ss, (at % ss) as usize, n as usize));
+                at += n;
+            }
+        }
+        // A journal commit and device cache flush per msync would dominate many scattered
+        // ranges. So per segment: start writeback of each of this file's ranges, wait for it
+        // once over their span (waiting starts no I/O, so only this file's ranges are written),
+        // then msync(MS_SYNC) the last range: its journal commit and cache flush make every
+        // range written before it durable too. With one range this is just that msync. The
+        // pread backend has no mapping: one fdatasync per segment.
+        let seg_io = |r: std::io::Result<()>| -> Result<()> {
+            r.map_err(|e| {
+                log::error!("syncing failed: {e}; the store refuses further changes");
+                self.failed.store(true, Ordering::Release);
+                Error::Io(e)
+            })
+        };
+        let mut calls = 0u64;
+        let mut first = 0;
+        while first < pieces.len() {
+            let s = pieces[first].0;
+            let last = first + pieces[first..].iter().take_while(|p| p.0 == s).count() - 1;
+            let seg = self.seg(s);
+            if last > first && !seg.syncs_whole_file() {
+                for &(_, o, l) in &pieces[first..last] {
+                    seg_io(seg.start_writeback(o, l))?;
                 }
-                calls += 1;
-                seg.sync_range(o, l)
-            })?;
+                let (lo, hi) = (pieces[first].1, pieces[last - 1].1 + pieces[last - 1].2);
+                seg_io(seg.wait_written(lo, hi - lo))?;
+            }
+            calls += 1;
+            seg_io(seg.sync_range(pieces[last].1, pieces[last].2))?;
+            first = last + 1;
         }
         let c = &self.counters;
         c.msync_calls.fetch_add(calls, Ordering::Relaxed);

@@ -175,6 +175,28 @@ impl Segment {
         }
     }
 
+    /// Starts writeback of `off..off+len` (`sync_file_range(WRITE)`): no waiting, no journal
+    /// commit, no device cache flush. Durable only after `wait_written` and a `sync_range` of
+    /// this same file (see `Store::fsync`).
+    pub(crate) fn start_writeback(&self, off: usize, len: usize) -> io::Result<()> {
+        self.sync_file_range(off, len, libc::SYNC_FILE_RANGE_WRITE)
+    }
+
+    /// Waits for the writeback already started in `off..off+len`, starting none itself.
+    pub(crate) fn wait_written(&self, off: usize, len: usize) -> io::Result<()> {
+        self.sync_file_range(off, len, libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WAIT_AFTER)
+    }
+
+    fn sync_file_range(&self, off: usize, len: usize, flags: libc::c_uint) -> io::Result<()> {
+        self.check(off, len);
+        // SAFETY: a plain syscall on an fd we own; no memory is passed.
+        let rc = unsafe { libc::sync_file_range(self.file.as_raw_fd(), off as i64, len as i64, flags) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// True when syncing any range syncs the whole file (pread backend).
     pub(crate) fn syncs_whole_file(&self) -> bool {
         self.map.is_none()

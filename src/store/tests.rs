@@ -3,10 +3,11 @@
 use std::sync::atomic::Ordering;
 
 use super::meta::Kind;
+use super::segment::{Backend, Tuning};
 use super::*;
 
 fn opts(segment: u64, capacity: u64) -> OpenOptions {
-    OpenOptions { format: FormatOptions { segment_size: segment, capacity }, journal_limit: 32 << 20 }
+    OpenOptions { format: FormatOptions { segment_size: segment, capacity }, ..OpenOptions::default() }
 }
 
 fn file(s: &Store, parent: Ino, name: &str) -> Ino {
@@ -38,6 +39,37 @@ fn fsync_msyncs_exactly_the_files_dirty_ranges() {
     assert_eq!(c.msync_bytes.load(Ordering::Relaxed), 4 * 4096);
     s.fsync(b).unwrap();
     assert_eq!(c.msync_bytes.load(Ordering::Relaxed), 54 * 4096);
+    // Scattered overwrites: one msync per segment however many ranges (the others are written
+    // with sync_file_range and made durable by that msync's commit and flush).
+    let calls = c.msync_calls.load(Ordering::Relaxed);
+    for i in (0..50).step_by(2) {
+        s.write(b, i * 4096, b"scattered").unwrap();
+    }
+    s.fsync(b).unwrap();
+    assert_eq!(c.msync_calls.load(Ordering::Relaxed), calls + 1);
+    assert_eq!(c.msync_bytes.load(Ordering::Relaxed), 54 * 4096 + 25 * 4096);
+}
+
+#[test]
+fn pread_backend_store() {
+    let d = tempfile::tempdir().unwrap();
+    let o = OpenOptions { tuning: Tuning { backend: Backend::Pread, ..Tuning::default() }, ..opts(1 << 20, 8 << 20) };
+    let (a, data) = {
+        let s = Store::open(d.path(), o).unwrap();
+        let a = file(&s, ROOT, "a");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        s.write(a, 1000, &data).unwrap();
+        s.fsync(a).unwrap();
+        // Three segments touched, one fdatasync each.
+        assert_eq!(s.counters.msync_calls.load(Ordering::Relaxed), 3);
+        assert_eq!(s.usage().1, None, "no mapping, no residency figure");
+        assert!(s.read(a, 1000, 3_000_000, |b| b == &data[..]).unwrap());
+        (a, data)
+    };
+    // The same store through the mmap backend.
+    let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+    assert!(s.read(a, 1000, 3_000_000, |b| b == &data[..]).unwrap());
+    assert!(s.read(a, 0, 1000, |b| b.iter().all(|&x| x == 0)).unwrap());
 }
 
 #[test]

@@ -1,0 +1,207 @@
+"""Experiment harness for mmapfs: mounts the configurations an experiment compares, drives
+them with fio, and writes results/<experiment>/results.csv, results.json (machine, kernel,
+options, mmapfs counters of every run) and PNG plots, with a progress line while it runs.
+
+Experiments: fsync-cost, scaling. Run through scripts/experiments/run.sh.
+"""
+
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / "target" / "release" / "mmapfs"
+
+
+def progress(msg):
+    sys.stderr.write("\r" + msg[:100].ljust(100))
+    sys.stderr.flush()
+
+
+def machine():
+    mem = next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1]
+    fio = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "mem_kib": int(mem),
+        "fio": fio,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+class Mmapfs:
+    """A daemon on a fresh store; unmounted on exit."""
+
+    def __init__(self, work, name, args):
+        self.store = Path(work) / f"store-{name}"
+        self.mnt = Path(work) / f"mnt-{name}"
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        self.args = args
+        self.log = open(str(self.store) + ".log", "w")
+        self.proc = subprocess.Popen(
+            [str(BIN), "mount", "--store", str(self.store), str(self.mnt), *args],
+            stdout=self.log, stderr=self.log)
+        for _ in range(400):
+            if os.path.ismount(self.mnt):
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mmapfs {args} failed to mount: {open(self.log.name).read()}")
+            time.sleep(0.02)
+
+    def stats(self):
+        time.sleep(1.2)  # the daemon writes its snapshot every second
+        out = subprocess.run([str(BIN), "stats", "--json", str(self.mnt)], capture_output=True, text=True)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if os.path.ismount(self.mnt):
+            subprocess.run(["umount", "-l", str(self.mnt)])
+
+
+def fio(directory, **kw):
+    args = ["fio", f"--directory={directory}", "--output-format=json", "--name=job"]
+    args += [f"--{k}={v}" for k, v in kw.items()]
+    out = subprocess.run(args, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"fio failed: {out.stderr}")
+    return json.loads(out.stdout)["jobs"][0]
+
+
+def save(name, rows, meta, plots):
+    out = ROOT / "results" / name
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    with open(out / "results.json", "w") as f:
+        json.dump({"machine": machine(), "rows": rows, **meta}, f, indent=2)
+    for fname, draw in plots.items():
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig = draw(plt)
+        fig.savefig(out / fname, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    progress("")
+    sys.stderr.write("\r")
+    print(f"results in {out}")
+    return out
+
+
+def fsync_cost(quick):
+    """Latency of fsync after N dirty 4 KiB pages of a 1 GiB file, per backend and sync policy,
+    with ext4 as the reference; and fsync of one dirty page as the file and store grow."""
+    dirty = [1, 4, 16, 64, 256, 1024, 4096] + ([] if quick else [16384, 65536])
+    size = "256M" if quick else "1G"
+    configs = [("mmap", "full"), ("mmap", "data"), ("pread", "full"), ("pread", "data"), ("mmap", "none")]
+    rows, counters = [], {}
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
+        targets = [("ext4", None)] + [(f"mmapfs {b} sync={s}", ["--backend", b, "--sync", s]) for b, s in configs]
+        for name, args in targets:
+            ctx = Mmapfs(work, name.replace(" ", "_").replace("=", "-"), args) if args else None
+            d = ctx.mnt if ctx else Path(work) / "ext4"
+            d.mkdir(exist_ok=True)
+            try:
+                progress(f"{name}: laying out {size}")
+                fio(d, rw="write", bs="1M", size=size, filename="f", end_fsync=1)
+                for n in dirty:
+                    progress(f"{name}: fsync after {n} dirty pages")
+                    rounds = max(5, min(50, 4096 // n)) if n < 16384 else 3
+                    j = fio(d, rw="randwrite", bs="4k", size=size, filename="f", fsync=n,
+                            number_ios=n * rounds, invalidate=0, randrepeat=0)
+                    p = j["sync"]["lat_ns"]["percentile"]
+                    rows.append({"target": name, "dirty_pages": n, "fsyncs": j["sync"]["total_ios"],
+                                 "p50_us": p["50.000000"] / 1000, "p99_us": p["99.000000"] / 1000})
+                # Independence of file and store size: one dirty page with more data around.
+                if ctx:
+                    progress(f"{name}: one dirty page, store grown by 2 GiB")
+                    fio(d, rw="write", bs="1M", size="2G" if not quick else "512M", filename="g")
+                    j = fio(d, rw="randwrite", bs="4k", size=size, filename="f", fsync=1,
+                            number_ios=50, invalidate=0, randrepeat=0)
+                    p = j["sync"]["lat_ns"]["percentile"]
+                    rows.append({"target": name + " (bigger store)", "dirty_pages": 1,
+                                 "fsyncs": j["sync"]["total_ios"],
+                                 "p50_us": p["50.000000"] / 1000, "p99_us": p["99.000000"] / 1000})
+                    counters[name] = ctx.stats()
+            finally:
+                if ctx:
+                    ctx.__exit__(None, None, None)
+
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        for ax, key in zip(axes, ("p50_us", "p99_us")):
+            for t in dict.fromkeys(r["target"] for r in rows if "bigger" not in r["target"]):
+                pts = [(r["dirty_pages"], r[key]) for r in rows if r["target"] == t]
+                ax.plot(*zip(*pts), marker="o", label=t)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("dirty 4 KiB pages before fsync")
+            ax.set_title(f"fsync latency {key[:3]}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel("µs")
+        axes[1].legend(fontsize=8)
+        return fig
+
+    save("fsync-cost", rows, {"options": {"file": size, "dirty": dirty}, "mmapfs_counters": counters},
+         {"fsync-latency.png": draw})
+
+
+def scaling(quick):
+    """IOPS of random 4 KiB reads (direct_io, so every read reaches the daemon) and overwrites
+    against --threads 1, 2, 4 and 1, 2, 4 concurrent clients, one file each."""
+    runtime = 3 if quick else 10
+    rows, counters = [], {}
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
+        for threads in (1, 2, 4):
+            with Mmapfs(work, f"t{threads}", ["--threads", str(threads), "-o", "direct_io"]) as m:
+                for clients in (1, 2, 4):
+                    for rw in ("randread", "randwrite"):
+                        progress(f"threads {threads}, {clients} clients, {rw}")
+                        j = fio(m.mnt, rw=rw, bs="4k", size="128M", numjobs=clients, group_reporting=1,
+                                time_based=1, runtime=runtime)
+                        side = "read" if rw == "randread" else "write"
+                        rows.append({"threads": threads, "clients": clients, "workload": rw,
+                                     "iops": round(j[side]["iops"])})
+                counters[f"threads={threads}"] = m.stats()
+
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, rw in zip(axes, ("randread", "randwrite")):
+            for t in (1, 2, 4):
+                pts = [(r["clients"], r["iops"]) for r in rows if r["threads"] == t and r["workload"] == rw]
+                ax.plot(*zip(*pts), marker="o", label=f"--threads {t}")
+            ax.set_xlabel("concurrent clients (one file each)")
+            ax.set_ylabel("IOPS")
+            ax.set_title(f"{rw} 4 KiB, direct_io")
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        return fig
+
+    save("scaling", rows, {"options": {"runtime_s": runtime, "mode": "direct_io"}, "mmapfs_counters": counters},
+         {"scaling.png": draw})
+
+
+EXPERIMENTS = {"fsync-cost": fsync_cost, "scaling": scaling}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in EXPERIMENTS:
+        sys.exit(f"usage: run.sh {{{'|'.join(EXPERIMENTS)}}} [--quick]")
+    EXPERIMENTS[sys.argv[1]]("--quick" in sys.argv)

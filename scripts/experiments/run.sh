@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs one storage experiment and writes results/<experiment>/{results.csv,results.json,*.png}.
+#
+#   sudo scripts/experiments/run.sh fsync-cost [--quick]
+#   sudo scripts/experiments/run.sh scaling [--quick]
+#
+# Installs what it needs: fio (Debian), matplotlib (PyPI, into target/experiments-venv).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+if [ "$(id -u)" != 0 ]; then
+    echo "experiments mount filesystems and drop caches: run as root" >&2
+    exit 1
+fi
+command -v fio >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
+VENV=$ROOT/target/experiments-venv
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q matplotlib
+fi
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+exec "$VENV/bin/python" "$ROOT/scripts/experiments/harness.py" "$@"
