@@ -300,7 +300,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     let served = session.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = writer.join();
-    write_snapshot(&snapshot(&counters, &store, &cfg, &mnt), store.dir());
+    write_snapshot(&snapshot(&counters, &store, cfg, &mnt), store.dir());
     let closed = store.close();
     log::info!("unmounted {}", mnt.display());
     served.map_err(|e| format!("FUSE session failed: {e}"))?;

@@ -141,6 +141,9 @@ pub struct Store {
     journal_limit: u64,
     tuning: Tuning,
     sync_policy: SyncPolicy,
+    /// Whether one msync per segment may stand for all of a file's ranges in it: true on ext4
+    /// and XFS, whose fsync commits all of the file's metadata and flushes the device cache.
+    batch_sync: bool,
     /// Set when an msync failed: every later fsync reports EIO until the store is reopened.
     failed: AtomicBool,
     pub counters: Counters,
@@ -346,6 +349,7 @@ impl Store {
             journal_limit: opts.journal_limit,
             tuning: opts.tuning,
             sync_policy: opts.sync,
+            batch_sync: batch_sync_safe(dir),
             failed: AtomicBool::new(false),
             counters: Counters::default(),
             _lock: lock_file,
@@ -495,6 +499,26 @@ impl Store {
     pub fn journal_counters(&self) -> (u64, u64) {
         (self.journal.appends.load(Ordering::Relaxed), self.journal.syncs.load(Ordering::Relaxed))
     }
+}
+
+/// True if the filesystem holding `dir` makes every completed write of a file durable when any
+/// range of it is fsynced (ext4, XFS; tmpfs has nothing to make durable).
+fn batch_sync_safe(dir: &Path) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const TMPFS: i64 = 0x0102_1994;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: zeroed statfs is a valid out-buffer; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    let safe = matches!(st.f_type as i64, EXT4 | XFS | TMPFS);
+    if !safe {
+        log::info!("store on filesystem type {:#x}: fsync msyncs every range on its own", st.f_type);
+    }
+    safe
 }
 
 /// Applies one journaled op at mount.
