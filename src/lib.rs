@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod fs;
+pub mod rng;
 pub mod stats;
 pub mod store;

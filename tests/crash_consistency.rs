@@ -241,7 +241,7 @@ fn diff(seen: &Model, want: &Model) -> String {
 #[test]
 fn survives_kill_9_at_random_moments() {
     let mut m = Mounted::new(&["--journal-limit", "64K", "--segment-size", "4M"]);
-    let mut rng = Rng::seeded();
+    let mut rng = common::seeded_rng();
     fs::create_dir(m.path("d0")).unwrap();
     fs::create_dir(m.path("d1")).unwrap();
     let mut model = Model::default();
@@ -287,7 +287,7 @@ fn survives_kill_9_at_random_moments() {
 #[test]
 fn clean_remount_keeps_everything() {
     let mut m = Mounted::new(&[]);
-    let mut rng = Rng::seeded();
+    let mut rng = common::seeded_rng();
     fs::create_dir(m.path("d0")).unwrap();
     fs::create_dir(m.path("d1")).unwrap();
     let mut model = Model::default();

@@ -8,12 +8,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 
-use common::{Mounted, Rng};
+use common::Mounted;
 
 #[test]
 fn round_trips_from_empty_to_64_mib() {
     let m = Mounted::new(&[]);
-    let mut rng = Rng::seeded();
+    let mut rng = common::seeded_rng();
     for &size in &[0usize, 1, 4095, 4096, 4097, 65_537, 1 << 20, (3 << 20) + 17, 64 << 20] {
         let mut data = vec![0u8; size];
         rng.fill(&mut data);
@@ -28,7 +28,7 @@ fn round_trips_from_empty_to_64_mib() {
 #[test]
 fn unaligned_and_random_offset_writes_match_a_reference() {
     let m = Mounted::new(&[]);
-    let mut rng = Rng::seeded();
+    let mut rng = common::seeded_rng();
     let len = 3 << 20;
     let mut model = vec![0u8; 0];
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("r")).unwrap();
@@ -132,7 +132,7 @@ fn append_trunc_and_excl() {
 #[test]
 fn sequential_reads_and_seeks() {
     let m = Mounted::new(&[]);
-    let mut rng = Rng::seeded();
+    let mut rng = common::seeded_rng();
     let mut data = vec![0u8; 5 << 20];
     rng.fill(&mut data);
     fs::write(m.path("s"), &data).unwrap();

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use common::{Mounted, Rng, run};
+use common::{Mounted, run};
 
 fn stats_json(path: &std::path::Path) -> serde_json::Value {
     let out = std::process::Command::new(common::BIN)
@@ -64,7 +64,7 @@ fn stats_while_running_and_after() {
 #[test]
 fn pread_backend_writes_what_mmap_reads_even_after_kill_9() {
     let mut m = Mounted::new(&["--backend", "pread", "--segment-size", "4M"]);
-    let mut rng = Rng::seeded();
+    let mut rng = common::seeded_rng();
     let mut model = vec![0u8; 10 << 20];
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("p")).unwrap();
     for _ in 0..200 {

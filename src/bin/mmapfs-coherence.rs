@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use mmapfs::rng::Rng;
+
 const PAGE: usize = 4096;
 
 type Outcome = Result<(), String>;
@@ -219,28 +221,6 @@ fn wait_helper(mut c: std::process::Child, secs: u64) -> Outcome {
             return Err("helper hung".into());
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// xorshift64*: reproducible from a printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
     }
 }
 
@@ -613,7 +593,7 @@ impl Daemon {
 /// them anyway (they are in its mapping once write returns), except under writeback_cache.
 fn durability(o: &Opts, w: &Path, how: Sync) -> Outcome {
     let Some(d) = &o.daemon else { return Err(NOT_APPLICABLE.into()) };
-    let mut rng = Rng(o.seed | 1);
+    let mut rng = Rng::new(o.seed);
     let mut data = vec![0u8; 64 * PAGE];
     rng.fill(&mut data);
     let p = w.join("durable");
@@ -688,7 +668,7 @@ fn fsx(o: &Opts, w: &Path) -> Outcome {
         o.seed
     };
     println!("fsx seed {seed} ({} operations)", o.ops);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let p = w.join("fsx");
     let mut f = open_rw(&p, true)?;
     io(f.set_len(0), "truncate")?;

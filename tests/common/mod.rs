@@ -177,34 +177,16 @@ pub fn run(args: &[&std::ffi::OsStr]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// A small deterministic PRNG (xorshift64*), so failures reproduce from a printed seed.
-pub struct Rng(pub u64);
+pub use mmapfs::rng::Rng;
 
-impl Rng {
-    pub fn seeded() -> Rng {
-        let seed = std::env::var("MMAPFS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-        });
-        eprintln!("seed {seed} (rerun with MMAPFS_SEED={seed})");
-        Rng(seed | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
+/// A generator seeded from MMAPFS_SEED or the clock; the seed is printed so a failure
+/// reproduces with `MMAPFS_SEED=…`.
+pub fn seeded_rng() -> Rng {
+    let seed = std::env::var("MMAPFS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("seed {seed} (rerun with MMAPFS_SEED={seed})");
+    Rng::new(seed)
 }
 
 /// errno of the last failed libc call.
