@@ -73,6 +73,58 @@ fn full_store_answers_enospc_and_keeps_its_data() {
 }
 
 #[test]
+fn a_failed_journal_write_is_sticky_until_remount() {
+    // The store on a tiny tmpfs: its journal soon cannot grow.
+    let tmp = tempfile::tempdir().unwrap();
+    let fsdir = tmp.path().join("small");
+    fs::create_dir(&fsdir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&fsdir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting tmpfs (the tests run as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            common::lazy_umount(&self.0);
+        }
+    }
+    let _small = Unmount(fsdir.clone());
+    let mut m =
+        Mounted::at(fsdir.join("store"), tmp.path().join("mnt"), &["--segment-size", "64K", "--capacity", "64K"])
+            .unwrap();
+    fs::write(m.path("data"), b"synced").unwrap();
+    fs::File::open(m.path("data")).unwrap().sync_all().unwrap();
+    let mut created = 0;
+    let first_error = loop {
+        match fs::write(m.path(&format!("file-with-a-longish-name-{created:06}")), b"") {
+            Ok(()) => created += 1,
+            Err(e) => break e,
+        }
+        assert!(created < 100_000, "the journal never filled the tmpfs");
+    };
+    assert_eq!(first_error.raw_os_error(), Some(libc::ENOSPC), "{first_error}");
+    // From now on every change and every fsync fails: the in-memory state may be ahead of
+    // the journal, so nothing may claim success until the store is reopened.
+    let eio = |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+    assert_eq!(eio(fs::File::open(m.path("data")).and_then(|f| f.sync_all())), Some(libc::EIO));
+    assert_eq!(eio(fs::remove_file(m.path("file-with-a-longish-name-000000"))), Some(libc::EIO));
+    assert_eq!(eio(fs::create_dir(m.path("dir"))), Some(libc::EIO));
+    assert_eq!(eio(fs::File::open(m.path("data")).and_then(|f| f.sync_all())), Some(libc::EIO), "still failing");
+    assert!(m.log().contains("refuses further changes"));
+    // Make room and remount: the torn tail is cut off, everything that returned is there.
+    m.kill9();
+    let st = std::process::Command::new("mount").args(["-o", "remount,size=4m"]).arg(&fsdir).status().unwrap();
+    assert!(st.success());
+    m.start().unwrap();
+    assert_eq!(fs::read(m.path("data")).unwrap(), b"synced");
+    let names = fs::read_dir(&m.mnt).unwrap().count();
+    assert_eq!(names, created + 1, "every create that returned survived, none that failed");
+    fs::write(m.path("after"), b"works again").unwrap();
+}
+
+#[test]
 fn second_mount_is_refused_with_the_holders_pid() {
     let m = Mounted::new(&[]);
     let other = m.store.parent().unwrap().join("mnt2");

@@ -55,6 +55,15 @@ impl Mounted {
         m
     }
 
+    /// A daemon on the store directory `store` (which may not exist yet), mounted at `mnt`.
+    pub fn at(store: PathBuf, mnt: PathBuf, args: &[&str]) -> Result<Mounted, String> {
+        let log = mnt.with_extension("log");
+        let mut m =
+            Mounted { store, mnt, args: args.iter().map(|s| s.to_string()).collect(), child: None, log, _tmp: None };
+        m.start()?;
+        Ok(m)
+    }
+
     /// Starts the daemon again on the same store and mountpoint.
     pub fn start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
