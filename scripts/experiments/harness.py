@@ -2,7 +2,7 @@
 them with fio, and writes results/<experiment>/results.csv, results.json (machine, kernel,
 options, mmapfs counters of every run) and PNG plots, with a progress line while it runs.
 
-Experiments: fsync-cost, scaling. Run through scripts/experiments/run.sh.
+Experiments: matrix, fsync-cost, scaling. Run through scripts/experiments/run.sh.
 """
 
 import csv
@@ -199,7 +199,190 @@ def scaling(quick):
          {"scaling.png": draw})
 
 
-EXPERIMENTS = {"fsync-cost": fsync_cost, "scaling": scaling}
+PEERS = ROOT / "target" / "peers"
+
+
+def build_peers():
+    """The peer FUSE filesystems: libfuse's passthrough_ll (Debian's libfuse3-dev examples) and
+    the fuser crate's `simple` example (built from its crates.io package)."""
+    PEERS.mkdir(parents=True, exist_ok=True)
+    built = {}
+    ll = PEERS / "passthrough_ll"
+    src = Path("/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c")
+    if not src.exists():
+        subprocess.run(["apt-get", "install", "-y", "-qq", "libfuse3-dev", "pkg-config"], check=False,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, capture_output=True)
+    if src.exists() and not ll.exists():
+        flags = subprocess.run(["pkg-config", "fuse3", "--cflags", "--libs"], capture_output=True, text=True).stdout.split()
+        subprocess.run(["cc", "-O2", "-o", str(ll), str(src), *flags], check=False)
+    if ll.exists():
+        built["passthrough_ll"] = ll
+    simple = PEERS / "fuser" / "target" / "release" / "examples" / "simple"
+    if not simple.exists():
+        home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo"))
+        srcs = sorted(home.glob("registry/src/*/fuser-0.18.*"))
+        if srcs:
+            shutil.copytree(srcs[-1], PEERS / "fuser", dirs_exist_ok=True)
+            # The package pins an old toolchain (rust-toolchain); build it with this machine's.
+            subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "simple"], cwd=PEERS / "fuser",
+                           check=False, env={**os.environ, "RUSTUP_TOOLCHAIN": "stable"})
+    if simple.exists():
+        built["fuser-simple"] = simple
+    return built
+
+
+class Peer:
+    """A peer FUSE filesystem mounted over a directory on ext4."""
+
+    def __init__(self, work, name, binary):
+        self.mnt = Path(work) / f"mnt-{name}"
+        data = Path(work) / f"data-{name}"
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
+        log = open(Path(work) / f"{name}.log", "w")
+        if name.startswith("passthrough_ll"):
+            cmd = [str(binary), "-f", "-o", f"source={data}", str(self.mnt)]
+        else:
+            cmd = [str(binary), "--data-dir", str(data), "--mount-point", str(self.mnt), "--n-threads", str(os.cpu_count())]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        for _ in range(400):
+            if os.path.ismount(self.mnt):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} did not mount: {open(log.name).read()}")
+            time.sleep(0.02)
+
+    def close(self):
+        subprocess.run(["umount", "-l", str(self.mnt)])
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def matrix(quick):
+    """The throughput matrix: every workload on tmpfs, ext4, mmapfs in each backend and cache
+    mode, and the peer FUSE filesystems; medians of RUNS runs (1 with --quick)."""
+    runs = 1 if quick else 3
+    size = "256M" if quick else "1G"
+    runtime = 3 if quick else 10
+    files = 2000 if quick else 10000
+    peers = build_peers()
+    mm = {
+        "mmapfs": [],
+        "mmapfs pread": ["--backend", "pread"],
+        "mmapfs writeback_cache": ["-o", "writeback_cache"],
+        "mmapfs direct_io": ["-o", "direct_io"],
+    }
+    workloads = [
+        ("seq write 1M + fsync (MiB/s)", dict(rw="write", bs="1M", size=size, end_fsync=1), "write", "bw"),
+        ("seq read 1M cold (MiB/s)", dict(rw="read", bs="1M", size=size), "read", "bw"),
+        ("seq read 1M warm (MiB/s)", dict(rw="read", bs="1M", size=size, invalidate=0), "read", "bw"),
+        ("rand read 4k psync 1 job (IOPS)", dict(rw="randread", bs="4k", size=size, invalidate=0, time_based=1, runtime=runtime), "read", "iops"),
+        ("rand read 4k psync 4 jobs (IOPS)", dict(rw="randread", bs="4k", size=size, invalidate=0, time_based=1, runtime=runtime, numjobs=4, group_reporting=1), "read", "iops"),
+        ("rand read 4k mmap (IOPS)", dict(rw="randread", bs="4k", size=size, invalidate=0, ioengine="mmap", time_based=1, runtime=runtime), "read", "iops"),
+        ("rand write 4k fsync/32 (IOPS)", dict(rw="randwrite", bs="4k", size=size, fsync=32, invalidate=0, time_based=1, runtime=runtime), "write", "iops"),
+        ("rand write 4k mmap + msync/32 (IOPS)", dict(rw="randwrite", bs="4k", size=size, ioengine="mmap", fsync=32, invalidate=0, time_based=1, runtime=runtime), "write", "iops"),
+    ]
+    rows, counters = [], {}
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
+        tmpfs = Path(work) / "tmpfs"
+        tmpfs.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4G", "tmpfs", str(tmpfs)], check=True)
+        targets = [("tmpfs", None), ("ext4", None), *[(n, ("mmapfs", a)) for n, a in mm.items()],
+                   *[(n, ("peer", b)) for n, b in peers.items()]]
+        try:
+            for run in range(runs):
+                for name, kind in targets:
+                    ctx = None
+                    if kind and kind[0] == "mmapfs":
+                        ctx = Mmapfs(work, name.replace(" ", "_") + f"-{run}", kind[1])
+                        d = ctx.mnt
+                    elif kind:
+                        ctx = Peer(work, name + f"-{run}", kind[1])
+                        d = ctx.mnt
+                    else:
+                        d = tmpfs if name == "tmpfs" else Path(work) / "ext4"
+                        d.mkdir(exist_ok=True)
+                    try:
+                        for label, job, side, metric in workloads:
+                            progress(f"run {run + 1}/{runs} {name}: {label}")
+                            if "cold" in label:
+                                drop_caches()
+                            try:
+                                j = fio(d, filename="f", **job)
+                                v = j[side]["bw"] / 1024 if metric == "bw" else j[side]["iops"]
+                            except RuntimeError:
+                                v = float("nan")
+                            rows.append({"run": run, "target": name, "workload": label, "value": round(v, 1)})
+                        try:
+                            (Path(d) / "f").unlink(missing_ok=True)
+                            meta = Path(d) / "meta"
+                            meta.mkdir(exist_ok=True)
+                        except OSError as e:  # the filesystem died (a peer crashed)
+                            print(f"\n{name}: {e}; its remaining figures are NaN", file=sys.stderr)
+                            meta = None
+                        for op in ("filecreate", "filestat", "filedelete"):
+                            progress(f"run {run + 1}/{runs} {name}: {op}")
+                            try:
+                                if meta is None:
+                                    raise RuntimeError("filesystem gone")
+                                j = fio(meta, ioengine=op, numjobs=10, group_reporting=1, nrfiles=files // 10,
+                                        filesize="4k", bs="4k", openfiles=1, fallocate="none", create_on_open=1)
+                                v = j["read"]["iops"]
+                            except RuntimeError:
+                                v = float("nan")
+                            rows.append({"run": run, "target": name, "workload": f"{op[4:]} {files} files (/s)", "value": round(v, 1)})
+                        if meta is not None:
+                            shutil.rmtree(meta, ignore_errors=True)
+                        if isinstance(ctx, Mmapfs):
+                            counters[f"{name} run {run}"] = ctx.stats()
+                    finally:
+                        if isinstance(ctx, Mmapfs):
+                            ctx.__exit__(None, None, None)
+                        elif ctx:
+                            ctx.close()
+        finally:
+            subprocess.run(["umount", "-l", str(tmpfs)])
+
+    import statistics
+    names = list(dict.fromkeys(r["target"] for r in rows))
+    labels = list(dict.fromkeys(r["workload"] for r in rows))
+    med = {(t, w): statistics.median([r["value"] for r in rows if r["target"] == t and r["workload"] == w] or [float("nan")])
+           for t in names for w in labels}
+    table = [{"workload": w, **{t: med[(t, w)] for t in names},
+              "mmapfs/tmpfs": round(med[("mmapfs", w)] / med[("tmpfs", w)], 2) if med[("tmpfs", w)] else None,
+              **({"mmapfs/passthrough_ll": round(med[("mmapfs", w)] / med[("passthrough_ll", w)], 2)}
+                 if ("passthrough_ll", w) in med and med[("passthrough_ll", w)] else {})}
+             for w in labels]
+    print("\n" + " | ".join(["workload", *names]))
+    for r in table:
+        print(" | ".join([r["workload"], *[f"{r[t]:,.0f}" for t in names]]))
+
+    def draw(plt):
+        import math
+        fig, axes = plt.subplots(len(labels), 1, figsize=(10, 2.2 * len(labels)))
+        for ax, w in zip(axes, labels):
+            vals = [med[(t, w)] for t in names]
+            ax.bar(range(len(names)), [0 if math.isnan(v) else v for v in vals],
+                   color=["#888" if not t.startswith("mmapfs") else "#c44" for t in names])
+            ax.set_title(w, fontsize=9)
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels(names, fontsize=7, rotation=15)
+        fig.tight_layout()
+        return fig
+
+    save("matrix", table, {"options": {"runs": runs, "file": size, "runtime_s": runtime, "files": files},
+                           "raw": rows, "mmapfs_counters": counters}, {"matrix.png": draw})
+
+
+EXPERIMENTS = {"matrix": matrix, "fsync-cost": fsync_cost, "scaling": scaling}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in EXPERIMENTS:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs one storage experiment and writes results/<experiment>/{results.csv,results.json,*.png}.
 #
+#   sudo scripts/experiments/run.sh matrix [--quick]      # every workload, every target, peers
 #   sudo scripts/experiments/run.sh fsync-cost [--quick]
 #   sudo scripts/experiments/run.sh scaling [--quick]
 #
