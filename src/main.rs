@@ -223,7 +223,8 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
 fn mount(cfg: &MountConfig) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let in_path = |b: &str| std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).exists()));
+    let in_path =
+        |b: &str| std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).exists()));
     if !root && !in_path("fusermount3") && !in_path("fusermount") {
         return Err("mounting as a normal user needs fusermount3 (Debian: apt-get install fuse3)".into());
     }

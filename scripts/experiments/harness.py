@@ -38,6 +38,17 @@ def machine():
     }
 
 
+def wait_mounted(proc, mnt, log, what):
+    """Waits up to 8 s for `mnt` to become a mountpoint; fails with the log if `proc` exits."""
+    for _ in range(400):
+        if os.path.ismount(mnt):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} did not mount: {open(log).read()}")
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not mount within 8 s")
+
+
 class Mmapfs:
     """A daemon on a fresh store; unmounted on exit."""
 
@@ -50,12 +61,7 @@ class Mmapfs:
         self.proc = subprocess.Popen(
             [str(BIN), "mount", "--store", str(self.store), str(self.mnt), *args],
             stdout=self.log, stderr=self.log)
-        for _ in range(400):
-            if os.path.ismount(self.mnt):
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mmapfs {args} failed to mount: {open(self.log.name).read()}")
-            time.sleep(0.02)
+        wait_mounted(self.proc, self.mnt, self.log.name, f"mmapfs {args}")
 
     def stats(self):
         time.sleep(1.2)  # the daemon writes its snapshot every second
@@ -245,12 +251,7 @@ class Peer:
         else:
             cmd = [str(binary), "--data-dir", str(data), "--mount-point", str(self.mnt), "--n-threads", str(os.cpu_count())]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-        for _ in range(400):
-            if os.path.ismount(self.mnt):
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} did not mount: {open(log.name).read()}")
-            time.sleep(0.02)
+        wait_mounted(self.proc, self.mnt, log.name, name)
 
     def close(self):
         subprocess.run(["umount", "-l", str(self.mnt)])

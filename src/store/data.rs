@@ -7,7 +7,7 @@ use super::alloc::{Allocator, Run};
 use super::meta::{self, Attr, Content, Extents, Inode, Kind, Op, Piece, Ts};
 use super::segment::Segment;
 use super::table::Node;
-use super::{Error, Ino, Result, Store, SyncPolicy, corrupt, lock, rd, wr};
+use super::{Error, Ino, Result, Store, SyncPolicy, corrupt, lock, rd, wr, wr_live};
 
 impl Store {
     fn seg(&self, idx: u64) -> &Segment {
@@ -41,10 +41,7 @@ impl Store {
 
     pub fn open_file(&self, ino: Ino) -> Result<Attr> {
         let node = self.node(ino)?;
-        let mut g = wr(&node);
-        if g.freed {
-            return Err(Error::NotFound);
-        }
+        let mut g = wr_live(&node)?;
         g.opens += 1;
         Ok(g.stat())
     }
@@ -184,10 +181,7 @@ impl Store {
             }
         }
         let _gate = rd(&self.gate);
-        let mut g = wr(&node);
-        if g.freed {
-            return Err(Error::NotFound);
-        }
+        let mut g = wr_live(&node)?;
         let old_size = g.attr.size;
         let Content::File(x) = &g.content else { return Err(Error::Invalid) };
         let maps = self.allocate(ino, x, first, last)?;
@@ -276,8 +270,15 @@ impl Store {
         Ok(())
     }
 
-    /// Zeroes the stored bytes of `from..to` and marks them dirty.
-    fn zero_stored(&self, g: &mut Inode, from: u64, to: u64) -> Result<()> {
+    /// Calls `f(segment, segment offset, len, offset from `from`)` for every stored byte range
+    /// of `from..to` (holes are skipped) and marks those blocks dirty for the next fsync.
+    fn each_stored(
+        &self,
+        g: &mut Inode,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(&Segment, usize, usize, usize) -> std::io::Result<()>,
+    ) -> Result<()> {
         let bs = self.bs;
         if to <= from {
             return Ok(());
@@ -289,11 +290,21 @@ impl Store {
             if let (Piece::Mapped { logical, phys, len }, true) = (p, res.is_ok()) {
                 let lo = (logical * bs).max(from);
                 let hi = ((logical + len) * bs).min(to);
-                res = self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |s, o, l| s.zero(o, l));
+                let mut at = (lo - from) as usize;
+                res = self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |seg, so, l| {
+                    f(seg, so, l, at)?;
+                    at += l;
+                    Ok(())
+                });
                 note_dirty(dirty, Run { start: phys, len });
             }
         });
         res
+    }
+
+    /// Zeroes the stored bytes of `from..to` and marks them dirty.
+    fn zero_stored(&self, g: &mut Inode, from: u64, to: u64) -> Result<()> {
+        self.each_stored(g, from, to, |seg, so, l, _| seg.zero(so, l))
     }
 
     /// fallocate(2): mode 0 and `KEEP_SIZE` allocate (holes read zeros), `PUNCH_HOLE` frees
@@ -316,10 +327,7 @@ impl Store {
         let bs = self.bs;
         let _gate = rd(&self.gate);
         let node = self.node(ino)?;
-        let mut g = wr(&node);
-        if g.freed {
-            return Err(Error::NotFound);
-        }
+        let mut g = wr_live(&node)?;
         let Content::File(x) = &g.content else {
             return Err(if g.attr.kind == Kind::Dir { Error::IsDir } else { Error::Invalid });
         };
@@ -421,24 +429,8 @@ impl Store {
 
     /// Copies `data` into the stored blocks at `off` (all stored) and marks them dirty.
     fn copy_in(&self, g: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
-        let bs = self.bs;
-        let end = off + data.len() as u64;
-        let Content::File(x) = &g.content else { return Ok(()) };
-        let dirty = &mut g.extra.get_or_insert_with(Default::default).dirty;
-        let mut res = Ok(());
-        x.pieces(off / bs, (end - 1) / bs + 1, |p| {
-            if let (Piece::Mapped { logical, phys, len }, true) = (p, res.is_ok()) {
-                let lo = (logical * bs).max(off);
-                let hi = ((logical + len) * bs).min(end);
-                let mut src = (lo - off) as usize;
-                res = self.phys_ranges(phys * bs + (lo - logical * bs), hi - lo, |seg, so, l| {
-                    seg.write_at(so, &data[src..src + l])?;
-                    src += l;
-                    Ok(())
-                });
-                note_dirty(dirty, Run { start: phys, len });
-            }
-        });
+        let res =
+            self.each_stored(g, off, off + data.len() as u64, |seg, so, l, at| seg.write_at(so, &data[at..at + l]));
         let now = Ts::now();
         g.attr.mtime = now;
         g.attr.ctime = now;
@@ -470,10 +462,7 @@ impl Store {
         }
         let _gate = rd(&self.gate);
         let node = self.node(ino)?;
-        let mut g = wr(&node);
-        if g.freed {
-            return Err(Error::NotFound);
-        }
+        let mut g = wr_live(&node)?;
         match &g.content {
             Content::File(_) => {}
             Content::Dir(_) => return Err(Error::IsDir),

@@ -160,6 +160,16 @@ fn wr<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Write-locks an inode that has not been freed (an unlinked, closed inode the kernel still
+/// remembers accepts no changes).
+fn wr_live(node: &Node) -> Result<RwLockWriteGuard<'_, Inode>> {
+    let g = wr(node);
+    if g.freed {
+        return Err(Error::NotFound);
+    }
+    Ok(g)
+}
+
 fn corrupt(m: meta::Inconsistent) -> String {
     m.0
 }

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::meta::{self, Attr, Content, Kind, Op, Ts};
-use super::{Error, Ino, NAME_MAX, ROOT, Result, SetAttr, Store, corrupt, lock, rd, wr};
+use super::{Error, Ino, NAME_MAX, ROOT, Result, SetAttr, Store, corrupt, lock, rd, wr, wr_live};
 
 /// A name a directory may hold: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
 fn check_name(name: &[u8]) -> Result<()> {
@@ -12,6 +12,18 @@ fn check_name(name: &[u8]) -> Result<()> {
     }
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
         return Err(Error::Invalid);
+    }
+    Ok(())
+}
+
+/// Checks that `name` can be added to directory `p`: a live directory without that name.
+fn free_name_in(p: &meta::Inode, name: &[u8]) -> Result<()> {
+    let dir = p.dir().ok_or(Error::NotDir)?;
+    if p.attr.nlink == 0 {
+        return Err(Error::NotFound);
+    }
+    if dir.get(name).is_some() {
+        return Err(Error::Exists);
     }
     Ok(())
 }
@@ -84,13 +96,7 @@ impl Store {
         let _ns = lock(&self.ns);
         let pnode = self.node(parent)?;
         let mut p = wr(&pnode);
-        let dir = p.dir().ok_or(Error::NotDir)?;
-        if p.attr.nlink == 0 {
-            return Err(Error::NotFound);
-        }
-        if dir.get(name).is_some() {
-            return Err(Error::Exists);
-        }
+        free_name_in(&p, name)?;
         // A set-group-ID directory passes its group on, and the bit itself to directories.
         // (The kernel already stripped S_ISGID from files of callers outside that group.)
         let (gid, perm) = if p.attr.perm & libc::S_ISGID as u16 != 0 {
@@ -248,13 +254,7 @@ impl Store {
             let pnode = self.node(newparent)?;
             let cnode = self.node(ino)?;
             let mut p = wr(&pnode);
-            let dir = p.dir().ok_or(Error::NotDir)?;
-            if p.attr.nlink == 0 {
-                return Err(Error::NotFound);
-            }
-            if dir.get(newname).is_some() {
-                return Err(Error::Exists);
-            }
+            free_name_in(&p, newname)?;
             let mut c = wr(&cnode);
             if c.attr.kind == Kind::Dir {
                 return Err(Error::NotPermitted);
@@ -339,10 +339,7 @@ impl Store {
         }
         let _g = rd(&self.gate);
         let node = self.node(ino)?;
-        let mut n = wr(&node);
-        if n.freed {
-            return Err(Error::NotFound);
-        }
+        let mut n = wr_live(&node)?;
         let old = n.xattr(name).map(<[u8]>::len);
         match (old, create, replace) {
             (Some(_), true, _) => return Err(Error::Exists),
@@ -435,10 +432,7 @@ impl Store {
         }
         let _g = rd(&self.gate);
         let node = self.node(ino)?;
-        let mut n = wr(&node);
-        if n.freed {
-            return Err(Error::NotFound);
-        }
+        let mut n = wr_live(&node)?;
         let a = n.attr;
         let mut perm = s.mode.map_or(a.perm, |m| (m & 0o7777) as u16);
         let mut ops = Vec::new();
