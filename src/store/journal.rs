@@ -91,11 +91,24 @@ fn header(uuid: &[u8; 16], first_seq: u64) -> Vec<u8> {
     h
 }
 
+/// Name a new journal file has until its header is durable; never listed by [`list`].
+const NEW_FILE: &str = "journal.new";
+
+/// Creates a journal file atomically: the header is written and synced under a temporary name
+/// that is then renamed, so a crash at any moment leaves either no file or a whole header
+/// (an empty `journal-*` file would make the store refuse to mount).
 fn create_file(dir: &Path, uuid: &[u8; 16], first_seq: u64) -> io::Result<(File, PathBuf)> {
+    let tmp = dir.join(NEW_FILE);
     let path = dir.join(file_name(first_seq));
-    let mut f = OpenOptions::new().create_new(true).append(true).open(&path)?;
+    // A leftover from a crash during an earlier creation holds nothing that was acknowledged.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = OpenOptions::new().create_new(true).append(true).open(&tmp)?;
     f.write_all(&header(uuid, first_seq))?;
     f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()?;
     Ok((f, path))
 }
@@ -339,6 +352,23 @@ mod tests {
         let j = Journal::open(d.path(), UUID, 4).unwrap();
         assert_eq!(j.append(&ops(5)).unwrap(), 5);
         assert_eq!(collect(d.path(), 3).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn crash_while_creating_a_file_leaves_the_journal_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path(), UUID, 0).unwrap();
+        j.append(&ops(1)).unwrap();
+        drop(j);
+        // What a kill -9 between creating and filling in a new journal file leaves behind.
+        std::fs::write(d.path().join(NEW_FILE), b"MMAP").unwrap();
+        assert_eq!(collect(d.path(), 0).unwrap().len(), 1);
+        let j = Journal::open(d.path(), UUID, 1).unwrap();
+        j.append(&ops(2)).unwrap();
+        assert_eq!(j.rotate().unwrap(), 2);
+        assert!(!d.path().join(NEW_FILE).exists());
+        assert_eq!(list(d.path()).unwrap().len(), 2);
+        assert_eq!(collect(d.path(), 0).unwrap().len(), 2);
     }
 
     #[test]
