@@ -517,12 +517,19 @@ impl Store {
             }
         }
         // A journal commit and device cache flush per msync would dominate many scattered
-        // ranges. So per segment: start writeback of each of this file's ranges, wait for it
-        // once over their span (waiting starts no I/O, so only this file's ranges are written),
-        // then msync(MS_SYNC) the last range: its journal commit and cache flush make every
-        // range written before it durable too (true of ext4 and XFS; elsewhere every range gets
-        // its own msync). With one range this is just that msync. The pread backend has no
-        // mapping: one fdatasync per segment.
+        // ranges (each is a device cache flush at least). On ext4 and XFS (`batch_sync`):
+        // 1. start writeback of every range of every segment (all the I/O in flight at once);
+        // 2. segments whose ranges are all "settled" (their blocks were written and that was
+        //    committed before: an overwrite there needs no metadata) only wait for it;
+        // 3. every other segment waits for all but its last range and msyncs that one
+        //    (MS_SYNC): its journal commit covers the segment's metadata (unwritten-extent
+        //    conversions), and its cache flush every write that completed before — including
+        //    those of step 2; the ranges are settled from then on;
+        // 4. if step 3 had nothing to do, one device cache flush is still owed: a forced
+        //    journal fdatasync (which `--sync full` pays anyway) or, under `--sync data`, an
+        //    msync of the last range.
+        // Elsewhere every range gets its own msync. The pread backend has no mapping: its
+        // step 3 is one fdatasync per segment.
         let seg_io = |r: std::io::Result<()>| -> Result<()> {
             r.map_err(|e| {
                 log::error!("syncing failed: {e}; the store refuses further changes");
@@ -530,17 +537,32 @@ impl Store {
                 Error::Io(e)
             })
         };
+        // Pieces of one segment are adjacent: (first, last) index pairs, one per segment.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            match groups.last_mut() {
+                Some(g) if pieces[g.1].0 == p.0 => g.1 = i,
+                _ => groups.push((i, i)),
+            }
+        }
+        let settled = |&(f, l): &(usize, usize)| {
+            self.batch_sync && pieces[f..=l].iter().all(|&(s, o, n)| self.seg(s).settled(o, n))
+        };
         let mut calls = 0u64;
-        let mut first = 0;
-        while first < pieces.len() {
-            let s = pieces[first].0;
-            let last = first + pieces[first..].iter().take_while(|p| p.0 == s).count() - 1;
-            let seg = self.seg(s);
+        let mut flushed = groups.is_empty();
+        if self.batch_sync {
+            for &(s, o, l) in &pieces {
+                seg_io(self.seg(s).start_writeback(o, l))?;
+            }
+            for g in groups.iter().filter(|g| settled(g)) {
+                let (lo, hi) = (pieces[g.0].1, pieces[g.1].1 + pieces[g.1].2);
+                seg_io(self.seg(pieces[g.0].0).wait_written(lo, hi - lo))?;
+            }
+        }
+        for &(first, last) in groups.iter().filter(|g| !settled(g)) {
+            let seg = self.seg(pieces[first].0);
             if last > first && !seg.syncs_whole_file() {
                 if self.batch_sync {
-                    for &(_, o, l) in &pieces[first..last] {
-                        seg_io(seg.start_writeback(o, l))?;
-                    }
                     let (lo, hi) = (pieces[first].1, pieces[last - 1].1 + pieces[last - 1].2);
                     seg_io(seg.wait_written(lo, hi - lo))?;
                 } else {
@@ -552,19 +574,34 @@ impl Store {
             }
             calls += 1;
             seg_io(seg.sync_range(pieces[last].1, pieces[last].2))?;
-            first = last + 1;
+            flushed = true;
+            if self.batch_sync {
+                for &(_, o, l) in &pieces[first..=last] {
+                    seg.mark_settled(o, l);
+                }
+            }
+        }
+        let force_journal = !flushed && self.sync_policy == SyncPolicy::Full;
+        if !flushed && !force_journal {
+            let &(s, o, l) = pieces.last().expect("groups are not empty");
+            calls += 1;
+            seg_io(self.seg(s).sync_range(o, l))?;
         }
         let c = &self.counters;
         c.msync_calls.fetch_add(calls, Ordering::Relaxed);
         c.msync_bytes.fetch_add(merged.iter().map(|r| r.len * bs).sum(), Ordering::Relaxed);
         c.msync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if self.sync_policy == SyncPolicy::Full {
+        if force_journal {
+            if let Err(e) = self.journal.sync_forced() {
+                self.failed.store(true, Ordering::Release);
+                return Err(Error::Io(e));
+            }
+        } else if self.sync_policy == SyncPolicy::Full {
             self.sync_journal()?;
         }
         Ok(())
     }
 
-    /// Makes the journal durable (fsyncdir, and the tail of every fsync).
     pub fn sync_journal(&self) -> Result<()> {
         if let Err(e) = self.journal.sync() {
             self.failed.store(true, Ordering::Release);

@@ -191,6 +191,21 @@ impl Journal {
         Ok(())
     }
 
+    /// Like [`sync`](Self::sync), but always ends in an `fdatasync` of the journal file, even
+    /// when every record is durable already: `Store::fsync` relies on its device cache flush
+    /// (ext4 and XFS flush on every fdatasync) to make data written before it durable.
+    pub fn sync_forced(&self) -> io::Result<()> {
+        let _g = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (upto, file) = {
+            let a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            (a.seq, a.file.clone())
+        };
+        file.sync_data()?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Starts a new journal file after the current last record (called with all appenders
     /// stopped, right before a checkpoint is taken); returns the last seq of the old files.
     pub fn rotate(&self) -> io::Result<u64> {
