@@ -2,7 +2,7 @@
 them with fio, and writes results/<experiment>/results.csv, results.json (machine, kernel,
 options, mmapfs counters of every run) and PNG plots, with a progress line while it runs.
 
-Experiments: matrix, fsync-cost, scaling. Run through scripts/experiments/run.sh.
+Experiments: matrix, fsync-cost, scaling, larger-than-memory. Run through scripts/experiments/run.sh.
 """
 
 import csv
@@ -52,15 +52,15 @@ def wait_mounted(proc, mnt, log, what):
 class Mmapfs:
     """A daemon on a fresh store; unmounted on exit."""
 
-    def __init__(self, work, name, args):
+    def __init__(self, work, name, args, cgroup=None):
         self.store = Path(work) / f"store-{name}"
         self.mnt = Path(work) / f"mnt-{name}"
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.args = args
-        self.log = open(str(self.store) + ".log", "w")
+        self.log = open(str(self.store) + ".log", "a")
         self.proc = subprocess.Popen(
             [str(BIN), "mount", "--store", str(self.store), str(self.mnt), *args],
-            stdout=self.log, stderr=self.log)
+            stdout=self.log, stderr=self.log, preexec_fn=join(cgroup))
         wait_mounted(self.proc, self.mnt, self.log.name, f"mmapfs {args}")
 
     def stats(self):
@@ -81,10 +81,17 @@ class Mmapfs:
             subprocess.run(["umount", "-l", str(self.mnt)])
 
 
-def fio(directory, **kw):
+def join(cgroup):
+    """A preexec_fn that moves the child into the memory cgroup directory `cgroup` (or None)."""
+    if cgroup is None:
+        return None
+    return lambda: (Path(cgroup) / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def fio(directory, cgroup=None, **kw):
     args = ["fio", f"--directory={directory}", "--output-format=json", "--name=job"]
     args += [f"--{k}={v}" for k, v in kw.items()]
-    out = subprocess.run(args, capture_output=True, text=True)
+    out = subprocess.run(args, capture_output=True, text=True, preexec_fn=join(cgroup))
     if out.returncode != 0:
         raise RuntimeError(f"fio failed: {out.stderr}")
     return json.loads(out.stdout)["jobs"][0]
@@ -203,6 +210,125 @@ def scaling(quick):
 
     save("scaling", rows, {"options": {"runtime_s": runtime, "mode": "direct_io"}, "mmapfs_counters": counters},
          {"scaling.png": draw})
+
+
+def memcg(name, limit):
+    """A fresh cgroup-v1 memory cgroup limited to `limit` bytes; its path."""
+    cg = Path("/sys/fs/cgroup/memory") / name
+    if not cg.parent.is_dir():
+        raise RuntimeError("the cgroup v1 memory controller is not mounted at /sys/fs/cgroup/memory")
+    cg.mkdir(exist_ok=True)
+    (cg / "memory.limit_in_bytes").write_text(str(limit))
+    return cg
+
+
+def faults(pid):
+    """(minor, major) page faults of process `pid` so far."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[7]), int(f[9])
+
+
+def larger_than_memory(quick):
+    """Random 4 KiB reads over data sets from 1/4 to 8 times the memory the daemon and its
+    client may use (both in one cgroup-v1 memory cgroup): mmap vs pread backend, IOPS over time
+    with the daemon's page faults — the "Are You Sure You Want to Use MMAP" question through FUSE.
+    Reads are O_DIRECT, so every one reaches the daemon and only its buffer management (the
+    segment page cache behind its mappings or its preads) is measured."""
+    limit = (128 if quick else 512) << 20
+    ratios = [0.25, 0.5, 1, 2, 4] + ([] if quick else [8])
+    runtime = 10 if quick else 30
+    biggest = int(limit * ratios[-1])
+    rows, series, counters = [], [], {}
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
+        progress(f"laying out {biggest >> 20} MiB")
+        with Mmapfs(work, "ltm", []) as m:
+            fio(m.mnt, rw="write", bs="1M", size=biggest, filename="f", end_fsync=1)
+        for backend in ("mmap", "pread"):
+            for ratio in ratios:
+                size = int(limit * ratio)
+                name = f"mmapfs-ltm-{os.getpid()}-{backend}-{ratio}"
+                drop_caches()
+                cg = memcg(name, limit)
+                try:
+                    with Mmapfs(work, "ltm", ["--backend", backend], cgroup=cg) as m:
+                        pid = m.proc.pid
+                        log = Path(work) / f"iops-{backend}-{ratio}"
+                        cmd = ["fio", f"--directory={m.mnt}", "--name=job", "--filename=f", "--rw=randread",
+                               "--bs=4k", f"--size={size}", "--direct=1", "--numjobs=2", "--group_reporting=1",
+                               "--time_based=1", f"--runtime={runtime}", "--randrepeat=0", "--output-format=json",
+                               f"--write_iops_log={log}", "--log_avg_msec=1000"]
+                        f0 = faults(pid)
+                        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=join(cg))
+                        t0, samples = time.time(), []
+                        while proc.poll() is None:
+                            time.sleep(1)
+                            f = faults(pid)
+                            usage = int((cg / "memory.usage_in_bytes").read_text())
+                            samples.append((round(time.time() - t0, 1), f[0] - f0[0], f[1] - f0[1], usage >> 20))
+                            progress(f"{backend} backend, data/memory {ratio}: {samples[-1][0]:.0f} s, "
+                                     f"{samples[-1][2]} major faults, cgroup {samples[-1][3]} MiB")
+                        out = json.loads(proc.stdout.read())
+                        if proc.returncode != 0:
+                            raise RuntimeError(f"fio failed with {proc.returncode}")
+                        per_s = {}
+                        for path in Path(work).glob(f"iops-{backend}-{ratio}_iops.*.log"):
+                            for line in open(path):
+                                ms, v = line.split(",")[:2]
+                                sec = (int(ms) + 999) // 1000
+                                per_s[sec] = per_s.get(sec, 0) + int(v)
+                        for sec, iops in sorted(per_s.items()):
+                            series.append({"backend": backend, "ratio": ratio, "second": sec, "iops": iops})
+                        f1 = faults(pid)
+                        reads = out["jobs"][0]["read"]["total_ios"] or 1
+                        rows.append({"backend": backend, "data_mib": size >> 20, "limit_mib": limit >> 20,
+                                     "ratio": ratio, "iops": round(out["jobs"][0]["read"]["iops"]),
+                                     "p99_us": out["jobs"][0]["read"]["clat_ns"]["percentile"]["99.000000"] / 1000,
+                                     "major_faults_per_read": round((f1[1] - f0[1]) / reads, 3),
+                                     "minor_faults_per_read": round((f1[0] - f0[0]) / reads, 3),
+                                     "cgroup_peak_mib": int((cg / "memory.max_usage_in_bytes").read_text()) >> 20})
+                        counters[f"{backend} ratio {ratio}"] = {**m.stats(), "samples": samples}
+                finally:
+                    try:
+                        cg.rmdir()
+                    except OSError:
+                        pass
+
+    print()
+    for r in rows:
+        print(r)
+
+    def draw_time(plt):
+        fig, axes = plt.subplots(1, len(ratios), figsize=(3.2 * len(ratios), 3.5), sharey=True)
+        for ax, ratio in zip(axes, ratios):
+            for backend in ("mmap", "pread"):
+                pts = [(p["second"], p["iops"]) for p in series if p["backend"] == backend and p["ratio"] == ratio]
+                if pts:
+                    ax.plot(*zip(*pts), label=backend)
+            ax.set_title(f"data/memory = {ratio}", fontsize=9)
+            ax.set_xlabel("s")
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel("random 4 KiB read IOPS")
+        axes[0].legend()
+        fig.tight_layout()
+        return fig
+
+    def draw_ratio(plt):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for backend in ("mmap", "pread"):
+            pts = [(r["ratio"], r["iops"]) for r in rows if r["backend"] == backend]
+            ax.plot(*zip(*pts), marker="o", label=f"{backend} backend")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"data set / memory limit ({limit >> 20} MiB)")
+        ax.set_ylabel("IOPS (median over the run)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        return fig
+
+    save("larger-than-memory", rows,
+         {"options": {"limit": limit, "ratios": ratios, "runtime_s": runtime, "numjobs": 2, "direct": 1},
+          "series": series, "mmapfs_counters": counters},
+         {"ltm-time.png": draw_time, "ltm-ratio.png": draw_ratio})
 
 
 PEERS = ROOT / "target" / "peers"
@@ -383,7 +509,8 @@ def matrix(quick):
                            "raw": rows, "mmapfs_counters": counters}, {"matrix.png": draw})
 
 
-EXPERIMENTS = {"matrix": matrix, "fsync-cost": fsync_cost, "scaling": scaling}
+EXPERIMENTS = {"matrix": matrix, "fsync-cost": fsync_cost, "scaling": scaling,
+               "larger-than-memory": larger_than_memory}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in EXPERIMENTS:

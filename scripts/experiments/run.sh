@@ -4,6 +4,7 @@
 #   sudo scripts/experiments/run.sh matrix [--quick]      # every workload, every target, peers
 #   sudo scripts/experiments/run.sh fsync-cost [--quick]
 #   sudo scripts/experiments/run.sh scaling [--quick]
+#   sudo scripts/experiments/run.sh larger-than-memory [--quick]   # cgroup v1 memory controller
 #
 # Installs what it needs: fio (Debian), matplotlib (PyPI, into target/experiments-venv).
 set -euo pipefail
