@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -229,7 +229,33 @@ impl Filesystem for MmapFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _t = self.stats.time(Op::Lookup, 0);
-        self.entry(reply, call(|| self.store.lookup(parent.0, name.as_bytes())));
+        match call(|| self.store.lookup(parent.0, name.as_bytes())) {
+            // A miss answered as node 0 with the entry timeout: the kernel keeps a negative
+            // dentry, so the stat-then-create of a new name costs one LOOKUP, not two. Safe
+            // for the same reason the positive timeouts are: every create comes through this
+            // mount, and the kernel turns the negative dentry positive itself.
+            Err(Error::NotFound) if !self.cfg.entry_ttl.is_zero() => {
+                let none = FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: UNIX_EPOCH,
+                    mtime: UNIX_EPOCH,
+                    ctime: UNIX_EPOCH,
+                    crtime: UNIX_EPOCH,
+                    kind: FileType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 0,
+                    flags: 0,
+                };
+                reply.entry_with_ttls(&self.cfg.attr_ttl, &self.cfg.entry_ttl, &none, Generation(0));
+            }
+            r => self.entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

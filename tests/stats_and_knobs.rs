@@ -102,3 +102,31 @@ fn sync_none_skips_syncing() {
     assert_eq!(s["journal_syncs"], 0);
     assert!(m.log().contains("NOT durable"));
 }
+
+/// A missing name is cached as a negative entry: stat-then-create of a new file costs one
+/// LOOKUP, and the file then exists for everyone (the negative entry turned positive).
+#[test]
+fn a_miss_is_looked_up_once() {
+    let m = Mounted::new(&[]);
+    let before = |s: &serde_json::Value| op(s, "lookup").map_or(0, |o| o["count"].as_u64().unwrap());
+    // `stats MOUNTPOINT` itself looks up "superblock" there once (is it a store?).
+    stats_json(&m.mnt);
+    std::thread::sleep(Duration::from_millis(1200));
+    let n0 = before(&stats_json(&m.mnt));
+    for i in 0..20 {
+        let p = m.path(&format!("new{i}"));
+        assert_eq!(fs::metadata(&p).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(fs::metadata(&p).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        fs::write(&p, b"x").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"x");
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = stats_json(&m.mnt);
+    assert_eq!(before(&s) - n0, 20, "one LOOKUP per new name");
+    assert_eq!(s["options"]["madvise"], "random", "the default advice");
+    // Another process sees the files; removing one makes it missing again.
+    let (ok, _) = run(&[OsStr::new("stats"), m.store.as_os_str()]);
+    assert!(ok);
+    fs::remove_file(m.path("new3")).unwrap();
+    assert!(!m.path("new3").exists() && m.path("new4").exists());
+}
