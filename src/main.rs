@@ -35,6 +35,9 @@ enum Cmd {
         /// FUSE request threads [default: number of cores]
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        /// Largest FUSE WRITE request, 4K..16M [default: 1M]; the same as -o max_write=SIZE
+        #[arg(long, value_name = "SIZE")]
+        max_write: Option<String>,
         /// Segment size for a store created by this mount
         #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
         segment_size: u64,
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
             mountpoint,
             options,
             threads,
+            max_write,
             segment_size,
             capacity,
             journal_limit,
@@ -150,7 +154,9 @@ fn main() -> ExitCode {
             }
             options
                 .iter()
-                .try_for_each(|o| cfg.apply_options(o))
+                .cloned()
+                .chain(max_write.map(|m| format!("max_write={m}")))
+                .try_for_each(|o| cfg.apply_options(&o))
                 .and_then(|()| cfg.validate())
                 .and_then(|()| mount(&cfg))
         }

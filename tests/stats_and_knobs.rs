@@ -130,3 +130,29 @@ fn a_miss_is_looked_up_once() {
     fs::remove_file(m.path("new3")).unwrap();
     assert!(!m.path("new3").exists() && m.path("new4").exists());
 }
+
+/// `--max-write` caps the WRITE requests the kernel sends (a 1 MiB write arrives in 64 KiB
+/// pieces, all of them stored); a value out of range is refused before mounting.
+#[test]
+fn max_write_caps_write_requests() {
+    let m = Mounted::new(&["--max-write", "64K"]);
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    fs::write(m.path("f"), &data).unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), data);
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = stats_json(&m.mnt);
+    assert_eq!(s["options"]["max_write"], "65536");
+    let w = op(&s, "write").unwrap();
+    assert_eq!(w["bytes"].as_u64().unwrap(), 1 << 20);
+    assert!(w["count"].as_u64().unwrap() >= 16, "{w}");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, err) = run(&[
+        OsStr::new("mount"),
+        OsStr::new("--store"),
+        dir.path().join("s").as_os_str(),
+        dir.path().join("m").as_os_str(),
+        OsStr::new("--max-write"),
+        OsStr::new("1"),
+    ]);
+    assert!(!ok && err.contains("max_write=1: must be between 4K and 16M"), "{err}");
+}
