@@ -545,21 +545,23 @@ impl Store {
                 _ => groups.push((i, i)),
             }
         }
-        let settled = |&(f, l): &(usize, usize)| {
-            self.batch_sync && pieces[f..=l].iter().all(|&(s, o, n)| self.seg(s).settled(o, n))
-        };
+        // Decided once: a group another fsync settles meanwhile must still be waited for here.
+        let settled: Vec<bool> = groups
+            .iter()
+            .map(|&(f, l)| self.batch_sync && pieces[f..=l].iter().all(|&(s, o, n)| self.seg(s).settled(o, n)))
+            .collect();
         let mut calls = 0u64;
         let mut flushed = groups.is_empty();
         if self.batch_sync {
             for &(s, o, l) in &pieces {
                 seg_io(self.seg(s).start_writeback(o, l))?;
             }
-            for g in groups.iter().filter(|g| settled(g)) {
+            for (g, _) in groups.iter().zip(&settled).filter(|(_, s)| **s) {
                 let (lo, hi) = (pieces[g.0].1, pieces[g.1].1 + pieces[g.1].2);
                 seg_io(self.seg(pieces[g.0].0).wait_written(lo, hi - lo))?;
             }
         }
-        for &(first, last) in groups.iter().filter(|g| !settled(g)) {
+        for (&(first, last), _) in groups.iter().zip(&settled).filter(|(_, s)| !**s) {
             let seg = self.seg(pieces[first].0);
             if last > first && !seg.syncs_whole_file() {
                 if self.batch_sync {
