@@ -91,7 +91,10 @@ def join(cgroup):
 def fio(directory, cgroup=None, **kw):
     args = ["fio", f"--directory={directory}", "--output-format=json", "--name=job"]
     args += [f"--{k}={v}" for k, v in kw.items()]
-    out = subprocess.run(args, capture_output=True, text=True, preexec_fn=join(cgroup))
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, preexec_fn=join(cgroup), timeout=900)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("fio did not finish within 15 minutes")
     if out.returncode != 0:
         raise RuntimeError(f"fio failed: {out.stderr}")
     return json.loads(out.stdout)["jobs"][0]
@@ -106,6 +109,8 @@ def save(name, rows, meta, plots):
         w.writerows(rows)
     with open(out / "results.json", "w") as f:
         json.dump({"machine": machine(), "rows": rows, **meta}, f, indent=2)
+    with open(out / "results.md", "w") as f:
+        f.write(markdown(rows))
     for fname, draw in plots.items():
         import matplotlib
         matplotlib.use("Agg")
@@ -117,6 +122,18 @@ def save(name, rows, meta, plots):
     sys.stderr.write("\r")
     print(f"results in {out}")
     return out
+
+
+def markdown(rows):
+    """`rows` as a Markdown table (for docs/experiments.md)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "n/a" if v != v else (f"{v:,.2f}" if abs(v) < 10 else f"{v:,.0f}")
+        return f"{v:,}" if isinstance(v, int) else str(v)
+    keys = list(rows[0].keys())
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def fsync_cost(quick):
@@ -223,9 +240,11 @@ def memcg(name, limit):
 
 
 def faults(pid):
-    """(minor, major) page faults of process `pid` so far."""
+    """(minor faults, major faults, bytes read from storage) of process `pid` so far; the last
+    counts reads the process caused either way, by pread or by a fault."""
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(f[7]), int(f[9])
+    io = dict(line.split(": ") for line in open(f"/proc/{pid}/io").read().splitlines())
+    return int(f[7]), int(f[9]), int(io["read_bytes"])
 
 
 def larger_than_memory(quick):
@@ -264,7 +283,8 @@ def larger_than_memory(quick):
                             time.sleep(1)
                             f = faults(pid)
                             usage = int((cg / "memory.usage_in_bytes").read_text())
-                            samples.append((round(time.time() - t0, 1), f[0] - f0[0], f[1] - f0[1], usage >> 20))
+                            samples.append((round(time.time() - t0, 1), f[0] - f0[0], f[1] - f0[1], usage >> 20,
+                                            (f[2] - f0[2]) >> 20))
                             progress(f"{backend} backend, data/memory {ratio}: {samples[-1][0]:.0f} s, "
                                      f"{samples[-1][2]} major faults, cgroup {samples[-1][3]} MiB")
                         out = json.loads(proc.stdout.read())
@@ -285,6 +305,7 @@ def larger_than_memory(quick):
                                      "p99_us": out["jobs"][0]["read"]["clat_ns"]["percentile"]["99.000000"] / 1000,
                                      "major_faults_per_read": round((f1[1] - f0[1]) / reads, 3),
                                      "minor_faults_per_read": round((f1[0] - f0[0]) / reads, 3),
+                                     "storage_kib_per_read": round((f1[2] - f0[2]) / 1024 / reads, 2),
                                      "cgroup_peak_mib": int((cg / "memory.max_usage_in_bytes").read_text()) >> 20})
                         counters[f"{backend} ratio {ratio}"] = {**m.stats(), "samples": samples}
                 finally:
@@ -298,17 +319,31 @@ def larger_than_memory(quick):
         print(r)
 
     def draw_time(plt):
-        fig, axes = plt.subplots(1, len(ratios), figsize=(3.2 * len(ratios), 3.5), sharey=True)
-        for ax, ratio in zip(axes, ratios):
+        fig, axes = plt.subplots(2, len(ratios), figsize=(3.2 * len(ratios), 6), sharey="row", sharex=True)
+        for col, ratio in enumerate(ratios):
+            top, bottom = axes[0][col], axes[1][col]
             for backend in ("mmap", "pread"):
                 pts = [(p["second"], p["iops"]) for p in series if p["backend"] == backend and p["ratio"] == ratio]
                 if pts:
-                    ax.plot(*zip(*pts), label=backend)
-            ax.set_title(f"data/memory = {ratio}", fontsize=9)
-            ax.set_xlabel("s")
-            ax.grid(True, alpha=0.3)
-        axes[0].set_ylabel("random 4 KiB read IOPS")
-        axes[0].legend()
+                    top.plot(*zip(*pts), label=backend)
+                smp = counters.get(f"{backend} ratio {ratio}", {}).get("samples", [])
+                # The daemon's reads from storage per second (faults or preads), and its major
+                # faults, from the cumulative samples.
+                prev = [(0, 0, 0, 0, 0)] + smp
+                mib = [(b[0], (b[4] - a[4]) / max(b[0] - a[0], 0.1)) for a, b in zip(prev, smp)]
+                if mib:
+                    bottom.plot(*zip(*mib), label=f"{backend}: MiB/s read from storage")
+                if backend == "mmap" and smp:
+                    flt = [(b[0], (b[2] - a[2]) * 4 / 1024 / max(b[0] - a[0], 0.1)) for a, b in zip(prev, smp)]
+                    bottom.plot(*zip(*flt), linestyle=":", label="mmap: major faults × 4 KiB / s")
+            top.set_title(f"data/memory = {ratio}", fontsize=9)
+            bottom.set_xlabel("s")
+            top.grid(True, alpha=0.3)
+            bottom.grid(True, alpha=0.3)
+        axes[0][0].set_ylabel("random 4 KiB read IOPS")
+        axes[1][0].set_ylabel("daemon, MiB/s")
+        axes[0][0].legend()
+        axes[1][0].legend(fontsize=7)
         fig.tight_layout()
         return fig
 
@@ -398,7 +433,7 @@ def matrix(quick):
     mode, and the peer FUSE filesystems; medians of RUNS runs (1 with --quick)."""
     runs = 1 if quick else 3
     size = "256M" if quick else "1G"
-    runtime = 3 if quick else 10
+    runtime = 3 if quick else 5
     files = 2000 if quick else 10000
     peers = build_peers()
     mm = {
@@ -460,8 +495,12 @@ def matrix(quick):
                             try:
                                 if meta is None:
                                     raise RuntimeError("filesystem gone")
+                                # The runtime cap only bites on very slow peers (the fuser
+                                # example's directories cost O(entries) per create): the rate
+                                # is then over the files done.
                                 j = fio(meta, ioengine=op, numjobs=10, group_reporting=1, nrfiles=files // 10,
-                                        filesize="4k", bs="4k", openfiles=1, fallocate="none", create_on_open=1)
+                                        filesize="4k", bs="4k", openfiles=1, fallocate="none", create_on_open=1,
+                                        runtime=30)
                                 v = j["read"]["iops"]
                             except RuntimeError:
                                 v = float("nan")
@@ -485,8 +524,8 @@ def matrix(quick):
            for t in names for w in labels}
     table = [{"workload": w, **{t: med[(t, w)] for t in names},
               "mmapfs/tmpfs": round(med[("mmapfs", w)] / med[("tmpfs", w)], 2) if med[("tmpfs", w)] else None,
-              **({"mmapfs/passthrough_ll": round(med[("mmapfs", w)] / med[("passthrough_ll", w)], 2)}
-                 if ("passthrough_ll", w) in med and med[("passthrough_ll", w)] else {})}
+              **{f"mmapfs/{p}": round(med[("mmapfs", w)] / med[(p, w)], 2) if med.get((p, w)) else None
+                 for p in ("ext4", "passthrough_ll", "fuser-simple") if p in names}}
              for w in labels]
     print("\n" + " | ".join(["workload", *names]))
     for r in table:
