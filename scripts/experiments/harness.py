@@ -538,6 +538,12 @@ def matrix(quick):
             vals = [med[(t, w)] for t in names]
             ax.bar(range(len(names)), [0 if math.isnan(v) else v for v in vals],
                    color=["#888" if not t.startswith("mmapfs") else "#c44" for t in names])
+            finite = [v for v in vals if v == v and v > 0]
+            if finite and max(finite) > 20 * min(finite):
+                ax.set_yscale("log")  # tmpfs's syncs are free: keep the others readable
+            for i, v in enumerate(vals):
+                if v == v:
+                    ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=6)
             ax.set_title(w, fontsize=9)
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels(names, fontsize=7, rotation=15)
