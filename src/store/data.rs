@@ -604,6 +604,7 @@ impl Store {
         Ok(())
     }
 
+    /// Makes the journal durable (fsyncdir, and the tail of every fsync).
     pub fn sync_journal(&self) -> Result<()> {
         if let Err(e) = self.journal.sync() {
             self.failed.store(true, Ordering::Release);

@@ -527,8 +527,16 @@ fn batch_sync_safe(dir: &Path) -> bool {
     let safe = matches!(st.f_type as i64, EXT4 | XFS | TMPFS);
     if !safe {
         log::info!("store on filesystem type {:#x}: fsync msyncs every range on its own", st.f_type);
+        return false;
     }
-    safe
+    // The journal's fdatasync stands in for the segments' device flush: one filesystem only.
+    use std::os::unix::fs::MetadataExt;
+    let dev = |d: &str| std::fs::metadata(dir.join(d)).map(|m| m.dev()).ok();
+    if dev("meta").is_none() || dev("meta") != dev("segments") {
+        log::info!("meta/ and segments/ on different filesystems: fsync msyncs every range on its own");
+        return false;
+    }
+    true
 }
 
 /// Applies one journaled op at mount.
