@@ -228,3 +228,44 @@ fn hard_link_limit_is_emlink() {
     let dir = s.create(ROOT, b"d", Kind::Dir, 0o755, 0, 0, 0, b"").unwrap().ino;
     assert!(matches!(s.link(dir, ROOT, b"dirlink"), Err(Error::NotPermitted)));
 }
+
+/// With meta/ on another filesystem than segments/, the journal's fdatasync cannot stand in
+/// for the segments' device flush: fsync falls back to one msync per dirty range.
+#[test]
+fn meta_on_another_filesystem_msyncs_every_range() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    drop(Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap());
+    let (meta, old) = (d.path().join("meta"), d.path().join("meta.old"));
+    std::fs::rename(&meta, &old).unwrap();
+    std::fs::create_dir(&meta).unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&meta).status().unwrap();
+    assert!(ok.success());
+    let _guard = Unmount(meta.clone());
+    for e in std::fs::read_dir(&old).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), meta.join(e.file_name())).unwrap();
+    }
+    let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+    assert!(!s.batch_sync);
+    let b = file(&s, ROOT, "b");
+    s.write(b, 0, &vec![2u8; 20 * 4096]).unwrap();
+    s.fsync(b).unwrap();
+    let calls = s.counters.msync_calls.load(Ordering::Relaxed);
+    for i in (0..20).step_by(2) {
+        s.write(b, i * 4096, b"apart").unwrap();
+    }
+    s.fsync(b).unwrap();
+    assert_eq!(s.counters.msync_calls.load(Ordering::Relaxed), calls + 10, "one msync per range");
+    drop(s);
+}
