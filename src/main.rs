@@ -133,13 +133,13 @@ fn main() -> ExitCode {
                     BackendArg::Mmap => Backend::Mmap,
                     BackendArg::Pread => Backend::Pread,
                 },
-                advice: Some(match madvise {
+                advice: match madvise {
                     AdviceArg::Normal => memmap2::Advice::Normal,
                     AdviceArg::Random => memmap2::Advice::Random,
                     AdviceArg::Sequential => memmap2::Advice::Sequential,
                     AdviceArg::Willneed => memmap2::Advice::WillNeed,
                     AdviceArg::Hugepage => memmap2::Advice::HugePage,
-                }),
+                },
                 populate,
             };
             let sync = match sync {
@@ -343,7 +343,7 @@ fn snapshot(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
     let kernel: Vec<String> = cfg.kernel.iter().map(|k| format!("{k:?}")).collect();
     let options = vec![
         ("backend", format!("{:?}", o.tuning.backend).to_lowercase()),
-        ("madvise", o.tuning.advice.map_or("none".into(), |a| format!("{a:?}").to_lowercase())),
+        ("madvise", format!("{:?}", o.tuning.advice).to_lowercase()),
         ("populate", o.tuning.populate.to_string()),
         ("sync", format!("{:?}", o.sync).to_lowercase()),
         ("cache", mode.to_string()),

@@ -6,14 +6,22 @@
 #   sudo scripts/experiments/run.sh scaling [--quick]
 #   sudo scripts/experiments/run.sh larger-than-memory [--quick]   # cgroup v1 memory controller
 #
-# Installs what it needs: fio (Debian), matplotlib (PyPI, into target/experiments-venv).
+# Installs what it needs: fio and python3-venv (Debian), matplotlib (PyPI, into
+# target/experiments-venv); the harness installs libfuse3-dev for the passthrough_ll peer.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "$(id -u)" != 0 ]; then
     echo "experiments mount filesystems and drop caches: run as root" >&2
     exit 1
 fi
-command -v fio >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
+# fio, and python3 with venv (Debian splits ensurepip into python3-venv).
+need=()
+command -v fio >/dev/null || need+=(fio)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3 python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 VENV=$ROOT/target/experiments-venv
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
     python3 -m venv "$VENV"

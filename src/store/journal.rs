@@ -172,10 +172,7 @@ impl Journal {
 
     /// Makes every record appended so far durable; one `fdatasync` serves all waiters.
     pub fn sync(&self) -> io::Result<()> {
-        let (target, file) = {
-            let a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-            (a.seq, a.file.clone())
-        };
+        let target = self.last_seq();
         if self.synced.load(Ordering::Acquire) >= target {
             return Ok(());
         }
@@ -183,12 +180,7 @@ impl Journal {
         if self.synced.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        // Everything appended up to now is covered, not only `target`.
-        let upto = self.last_seq();
-        file.sync_data()?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.synced.fetch_max(upto, Ordering::AcqRel);
-        Ok(())
+        self.sync_active()
     }
 
     /// Like [`sync`](Self::sync), but always ends in an `fdatasync` of the journal file, even
@@ -196,6 +188,12 @@ impl Journal {
     /// (ext4 and XFS flush on every fdatasync) to make data written before it durable.
     pub fn sync_forced(&self) -> io::Result<()> {
         let _g = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_active()
+    }
+
+    /// `fdatasync` of the active file, covering everything appended up to now (older files
+    /// were synced when they were rotated out). Called with `sync_lock` held.
+    fn sync_active(&self) -> io::Result<()> {
         let (upto, file) = {
             let a = self.active.lock().unwrap_or_else(|p| p.into_inner());
             (a.seq, a.file.clone())

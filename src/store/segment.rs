@@ -30,15 +30,15 @@ pub enum Backend {
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
     pub backend: Backend,
-    /// `madvise` applied to every mapping (`None`: leave the kernel's default, "normal").
-    pub advice: Option<Advice>,
+    /// `madvise` applied to every mapping.
+    pub advice: Advice,
     /// Pre-fault every mapping (`MAP_POPULATE`).
     pub populate: bool,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { backend: Backend::Mmap, advice: Some(Advice::Random), populate: false }
+        Tuning { backend: Backend::Mmap, advice: Advice::Random, populate: false }
     }
 }
 
@@ -51,7 +51,8 @@ pub(crate) struct Segment {
     /// kernel's fault read-around off).
     prefetch: bool,
     /// One bit per 4 KiB: written on disk, and that allocation committed, since this mount
-    /// (see `Store::fsync`). Starts clear: nothing is assumed about a store just opened.
+    /// (see `Store::fsync`). Starts clear: nothing is assumed about a store just opened. A
+    /// settled block stays written: the store never punches holes into segment files.
     settled: Box<[AtomicU64]>,
 }
 
@@ -96,19 +97,17 @@ impl Segment {
             o.populate();
         }
         let map = o.map_raw(&file)?;
-        if let Some(a) = t.advice
-            && let Err(e) = map.advise(a)
-        {
-            log::warn!("madvise({a:?}) on a segment failed: {e}");
+        if let Err(e) = map.advise(t.advice) {
+            log::warn!("madvise({:?}) on a segment failed: {e}", t.advice);
         }
-        let prefetch = t.advice == Some(Advice::Random);
+        let prefetch = t.advice == Advice::Random;
         Ok(Segment { file, map: Some(map), len, prefetch, settled: settled_bits(len) })
     }
 
     /// Why `MADV_RANDOM` plus this is the default: a store through a mapping dirties the whole
-    /// page-cache folio behind it, and the fault path's read-around builds large folios (up to
-    /// 2 MiB on ext4 since Linux 6.16), so each scattered 4 KiB write cost up to 1 MiB of
-    /// writeback at fsync (measured: 809 KiB per page, 5× the fsync time). `MADV_RANDOM` faults
+    /// page-cache folio behind it, and the fault path's read-around builds large folios on ext4
+    /// (6.18 here), so each scattered 4 KiB write cost up to 1 MiB of writeback at fsync
+    /// (measured: 809 KiB per page, 6× the sync time; docs/design.md). `MADV_RANDOM` faults
     /// in single pages; this `POSIX_FADV_WILLNEED` reads a request's whole range ahead in one
     /// batch of single-page folios (the kernel already did the read-ahead on the FUSE file, so
     /// the request is the right window), and the faults of the copy then find the pages.
@@ -254,23 +253,6 @@ impl Segment {
     pub(crate) fn syncs_whole_file(&self) -> bool {
         self.map.is_none()
     }
-
-    /// Gives the blocks' disk space back (punch hole); they read as zeros afterwards.
-    #[allow(dead_code)]
-    pub(crate) fn punch(&self, off: usize, len: usize) -> io::Result<()> {
-        self.check(off, len);
-        // A write there allocates again: no longer settled.
-        for u in units(off, len) {
-            self.settled[u / 64].fetch_and(!(1 << (u % 64)), Ordering::Release);
-        }
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        // SAFETY: plain syscall on an fd we own; no memory is passed.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off as i64, len as i64) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
 }
 
 fn settled_bits(len: usize) -> Box<[AtomicU64]> {
@@ -330,8 +312,6 @@ mod tests {
             seg.mark_settled(4096, 8192);
             assert!(seg.settled(4096, 8192) && seg.settled(5000, 10) && seg.settled(12287, 1));
             assert!(!seg.settled(4095, 2) && !seg.settled(8192, 4097) && !seg.settled(0, 4096));
-            seg.punch(8192, 4096).unwrap();
-            assert!(seg.settled(4096, 4096) && !seg.settled(8192, 1));
             assert!(Segment::open(&path, 1 << 21, &t).is_err());
         }
     }
