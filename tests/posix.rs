@@ -117,7 +117,7 @@ fn hard_links() {
         let (f, g, d) = (root.join("f"), root.join("g"), root.join("d"));
         touch(&f, b"data");
         let before = stat(&f).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(std::time::Duration::from_millis(25));
         // SAFETY: valid C strings throughout this test.
         t.push(format!("link: {}", rc(unsafe { libc::link(c(&f).as_ptr(), c(&g).as_ptr()) } as i64)));
         let (sf, sg) = (stat(&f).unwrap(), stat(&g).unwrap());
@@ -485,7 +485,7 @@ fn chown_and_chmod_clear_privileges() {
         std::os::unix::fs::chown(&f, Some(1000), Some(1000)).unwrap();
         t.push(format!("after chown: {:o}", fs::metadata(&f).unwrap().mode() & 0o7777));
         let before = fs::metadata(&f).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(std::time::Duration::from_millis(25));
         fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
         let after = fs::metadata(&f).unwrap();
         t.push(format!(
@@ -549,7 +549,9 @@ fn timestamps_change_when_linux_changes_them() {
         };
         let mut step = |name: &str, op: &dyn Fn()| {
             let (f0, d0) = (ftimes(), times(&d));
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            // Longer than a jiffy (10 ms at HZ=100): tmpfs may stamp with the coarse clock, and
+            // a shorter pause let its reference transcript miss an update (CI, rmdir step).
+            std::thread::sleep(std::time::Duration::from_millis(25));
             op();
             let (f1, d1) = (ftimes(), times(&d));
             t.push(format!(
