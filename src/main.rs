@@ -71,6 +71,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check a store that is not mounted, changing nothing (like e2fsck -n). Exit status 0:
+    /// clean; 1: damage found; 2: the check could not run.
+    Fsck {
+        /// The store directory [default: the default store]
+        store: Option<PathBuf>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Create an empty store in DIR (which must not exist or be empty).
     Format {
         dir: PathBuf,
@@ -113,6 +122,7 @@ fn main() -> ExitCode {
             store::format(&dir, FormatOptions { segment_size, capacity }).map_err(|e| e.to_string())
         }
         Cmd::Stats { path, json } => show_stats(&path.unwrap_or_else(default_store), json),
+        Cmd::Fsck { store, json } => return fsck(&store.unwrap_or_else(default_store), json),
         Cmd::Mount {
             store,
             mountpoint,
@@ -168,6 +178,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `mmapfs fsck`: prints the report; the exit status says clean (0), damaged (1), or that the
+/// check could not run (2).
+fn fsck(dir: &Path, json: bool) -> ExitCode {
+    let r = match store::fsck::check(dir) {
+        Ok(r) => r,
+        Err(store::fsck::CannotRun(m)) => {
+            eprintln!("mmapfs fsck: {}: cannot check: {m}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        println!("{}: format {}", r.store, r.format_version);
+        println!(
+            "  {} inodes ({} files, {} directories, {} orphans due for freeing), {} journal records after the checkpoint",
+            r.inodes, r.files, r.directories, r.orphans, r.journal_records
+        );
+        println!(
+            "  {} segments: {} MiB in use, {} MiB free",
+            r.segments,
+            r.used_bytes >> 20,
+            r.free_bytes_in_segments >> 20
+        );
+        for n in &r.notes {
+            println!("  note: {n}");
+        }
+        for p in &r.problems {
+            println!("  DAMAGE: {p}");
+        }
+        println!("{}", if r.clean() { "clean" } else { "the store is damaged" });
+    }
+    if r.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 /// The signals that end a mount.
@@ -229,6 +274,7 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
 }
 
 fn mount(cfg: &MountConfig) -> Result<(), String> {
+    store::faults::arm_from_env()?;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let in_path =
@@ -313,6 +359,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
             .map_err(|e| format!("cannot start the stats thread: {e}"))?
     };
     let served = session.run();
+    store.mark_closing();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = writer.join();
     write_snapshot(&snapshot(&counters, &store, cfg, &mnt), store.dir());

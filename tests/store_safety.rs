@@ -112,7 +112,7 @@ fn a_failed_journal_write_is_sticky_until_remount() {
     assert_eq!(eio(fs::remove_file(m.path("file-with-a-longish-name-000000"))), Some(libc::EIO));
     assert_eq!(eio(fs::create_dir(m.path("dir"))), Some(libc::EIO));
     assert_eq!(eio(fs::File::open(m.path("data")).and_then(|f| f.sync_all())), Some(libc::EIO), "still failing");
-    assert!(m.log().contains("refuses further changes"));
+    assert!(m.log().contains("refuses every further change"));
     // Make room and remount: the torn tail is cut off, everything that returned is there.
     m.kill9();
     let st = std::process::Command::new("mount").args(["-o", "remount,size=4m"]).arg(&fsdir).status().unwrap();
@@ -210,7 +210,7 @@ fn foreign_directories_and_other_versions_are_refused_untouched() {
     assert!(snapshot(&foreign) == before);
 
     // A store written by a future format version.
-    let store = tmp.path().join("v2");
+    let store = tmp.path().join("v3");
     let (ok, err) = run(&[
         OsStr::new("format"),
         store.as_os_str(),
@@ -222,11 +222,11 @@ fn foreign_directories_and_other_versions_are_refused_untouched() {
     assert!(ok, "{err}");
     let sb = store.join("superblock");
     let mut bytes = fs::read(&sb).unwrap();
-    bytes[8] = 2;
+    bytes[8] = 3;
     fs::write(&sb, &bytes).unwrap();
     let before = snapshot(&store);
     let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), store.as_os_str(), mnt.as_os_str()]);
-    assert!(!ok && err.contains("format version 2"), "{err}");
+    assert!(!ok && err.contains("format version 3"), "{err}");
     assert!(snapshot(&store) == before);
     assert!(!common::is_mounted(&mnt));
 }

@@ -29,9 +29,7 @@ impl Store {
             let off = at % ss;
             let n = left.min(ss - off);
             if let Err(e) = f(self.seg(at / ss), off as usize, n as usize) {
-                log::error!("segment I/O failed: {e}; the store refuses further changes");
-                self.failed.store(true, Ordering::Release);
-                return Err(Error::Io(e));
+                return Err(self.failed_io("segment I/O", e));
             }
             at += n;
             left -= n;
@@ -164,6 +162,8 @@ impl Store {
         if data.is_empty() {
             return Ok(0);
         }
+        // Plain overwrites too: after a failed msync their bytes might never reach the disk.
+        self.usable()?;
         let node = self.node(ino)?;
         let bs = self.bs;
         let (first, last) = (off / bs, (end - 1) / bs + 1);
@@ -186,7 +186,7 @@ impl Store {
         let Content::File(x) = &g.content else { return Err(Error::Invalid) };
         let maps = self.allocate(ino, x, first, last)?;
         // Freshly allocated blocks may hold old data: zero what this write does not cover.
-        self.zero_new(&maps, off, end)?;
+        self.zero_new(&mut g, &maps, off, end)?;
         let now = Ts::now();
         let mut ops = maps;
         if end > old_size {
@@ -198,7 +198,7 @@ impl Store {
                 _ => {
                     // Bytes between the old end of file and this write were never visible:
                     // they may be stale, so zero them before they become part of the file.
-                    self.zero_tail(&g, old_size, off)?;
+                    self.zero_tail(&mut g, old_size, off)?;
                     meta::apply_setsize(&mut g, op, bs).map_err(|e| Error::Corrupt(corrupt(e)))?;
                 }
             }
@@ -224,6 +224,13 @@ impl Store {
         });
         let mut maps: Vec<Op> = Vec::with_capacity(holes.len());
         let mut a = lock(&self.alloc);
+        // All or nothing, checked before any segment is created: a request the capacity cannot
+        // hold (a 2^52-byte fallocate) must not leave segment files behind on the host.
+        let need: u64 = holes.iter().map(|h| h.1).sum();
+        let unmade = self.sb.max_segments() - a.segments();
+        if need > a.free_blocks() + unmade * self.sb.blocks_per_segment() {
+            return Err(Error::NoSpace);
+        }
         for (logical, len) in holes {
             let mut done = 0;
             while done < len {
@@ -253,11 +260,14 @@ impl Store {
         Ok(maps)
     }
 
-    /// Zeroes the newly allocated blocks of `maps` except the bytes `keep_from..keep_to`.
-    fn zero_new(&self, maps: &[Op], keep_from: u64, keep_to: u64) -> Result<()> {
+    /// Zeroes the newly allocated blocks of `maps` except the bytes `keep_from..keep_to`, and
+    /// marks them dirty: the zeroes must reach the disk with the fsync that makes the new
+    /// block mapping durable, or after a power cut the file would show a freed file's bytes.
+    fn zero_new(&self, g: &mut Inode, maps: &[Op], keep_from: u64, keep_to: u64) -> Result<()> {
         let bs = self.bs;
         for m in maps {
             let Op::Map { logical, phys, len, .. } = *m else { continue };
+            note_dirty(dirty_of(g), Run { start: phys, len });
             let (lo, hi) = (logical * bs, (logical + len) * bs);
             let (k0, k1) = (keep_from.clamp(lo, hi), keep_to.clamp(lo, hi));
             if k0 > lo {
@@ -320,6 +330,7 @@ impl Store {
         if len == 0 {
             return Err(Error::Invalid);
         }
+        self.usable()?;
         let end = off.checked_add(len).ok_or(Error::TooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(Error::TooBig);
@@ -350,13 +361,13 @@ impl Store {
         }
         let old_size = g.attr.size;
         let maps = self.allocate(ino, x, off / bs, end.div_ceil(bs))?;
-        self.zero_new(&maps, 0, 0)?;
+        self.zero_new(&mut g, &maps, 0, 0)?;
         if mode & ZERO != 0 {
             self.zero_stored(&mut g, off, end)?;
         }
         let mut ops = maps;
         if mode & KEEP == 0 && end > old_size {
-            self.zero_tail(&g, old_size, end)?;
+            self.zero_tail(&mut g, old_size, end)?;
             ops.push(Op::SetSize { ino, size: end, mtime: now, ctime: now });
         } else if mode & ZERO != 0 {
             ops.push(Op::SetSize { ino, size: old_size, mtime: now, ctime: now });
@@ -411,20 +422,23 @@ impl Store {
 
     /// Zeroes the stored bytes from `from` (an old end of file) to `to` within the block
     /// holding `from`: bytes past EOF are not kept zero, they are zeroed when exposed.
-    fn zero_tail(&self, g: &Inode, from: u64, to: u64) -> Result<()> {
+    fn zero_tail(&self, g: &mut Inode, from: u64, to: u64) -> Result<()> {
         let bs = self.bs;
         if from.is_multiple_of(bs) || to <= from {
             return Ok(());
         }
         let Some(x) = g.extents() else { return Ok(()) };
         let stop = to.min((from / bs + 1) * bs);
-        let mut res = Ok(());
+        let mut block = None;
         x.pieces(from / bs, from / bs + 1, |p| {
             if let Piece::Mapped { phys, .. } = p {
-                res = self.phys_ranges(phys * bs + from % bs, stop - from, |s, o, l| s.zero(o, l));
+                block = Some(phys);
             }
         });
-        res
+        let Some(phys) = block else { return Ok(()) };
+        // Dirty, like every zeroing: the exposed bytes must read zero after a power cut too.
+        note_dirty(dirty_of(g), Run { start: phys, len: 1 });
+        self.phys_ranges(phys * bs + from % bs, stop - from, |s, o, l| s.zero(o, l))
     }
 
     /// Copies `data` into the stored blocks at `off` (all stored) and marks them dirty.
@@ -446,8 +460,13 @@ impl Store {
         }
         let path = self.dir.join("segments").join(format!("{idx:06}.seg"));
         let seg = Segment::create(&path, self.sb.segment_size as usize, &self.tuning).map_err(|e| {
-            log::error!("cannot create segment {}: {e}", path.display());
-            if e.raw_os_error() == Some(libc::ENOSPC) { Error::NoSpace } else { Error::Io(e) }
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                // The host filesystem is full: nothing changed, the request gets ENOSPC.
+                log::warn!("cannot create segment {}: {e}", path.display());
+                Error::NoSpace
+            } else {
+                self.failed_io(&format!("creating segment {}", path.display()), e)
+            }
         })?;
         let _ = self.segments[idx as usize].set(seg);
         a.add_segment();
@@ -460,6 +479,7 @@ impl Store {
         if size > MAX_FILE_SIZE {
             return Err(Error::TooBig);
         }
+        self.usable()?;
         let _gate = rd(&self.gate);
         let node = self.node(ino)?;
         let mut g = wr_live(&node)?;
@@ -471,7 +491,8 @@ impl Store {
         let now = Ts::now();
         let op = Op::SetSize { ino, size, mtime: now, ctime: now };
         if size > g.attr.size {
-            self.zero_tail(&g, g.attr.size, size)?;
+            let old = g.attr.size;
+            self.zero_tail(&mut g, old, size)?;
         }
         self.append(std::slice::from_ref(&op))?;
         let freed = meta::apply_setsize(&mut g, &op, self.bs).map_err(|e| Error::Corrupt(corrupt(e)))?;
@@ -486,9 +507,7 @@ impl Store {
     /// fsync/fdatasync: msync(MS_SYNC) of exactly the file's dirty ranges, then a durable
     /// journal. A failed msync is sticky: every later fsync fails too.
     pub fn fsync(&self, ino: Ino) -> Result<()> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EIO)));
-        }
+        self.usable()?;
         if self.sync_policy == SyncPolicy::None {
             return Ok(());
         }
@@ -530,13 +549,7 @@ impl Store {
         //    msync of the last range.
         // Elsewhere every range gets its own msync. The pread backend has no mapping: its
         // step 3 is one fdatasync per segment.
-        let seg_io = |r: std::io::Result<()>| -> Result<()> {
-            r.map_err(|e| {
-                log::error!("syncing failed: {e}; the store refuses further changes");
-                self.failed.store(true, Ordering::Release);
-                Error::Io(e)
-            })
-        };
+        let seg_io = |r: std::io::Result<()>| -> Result<()> { r.map_err(|e| self.failed_io("msync", e)) };
         // Pieces of one segment are adjacent: (first, last) index pairs, one per segment.
         let mut groups: Vec<(usize, usize)> = Vec::new();
         for (i, p) in pieces.iter().enumerate() {
@@ -594,10 +607,7 @@ impl Store {
         c.msync_bytes.fetch_add(merged.iter().map(|r| r.len * bs).sum(), Ordering::Relaxed);
         c.msync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if force_journal {
-            if let Err(e) = self.journal.sync_forced() {
-                self.failed.store(true, Ordering::Release);
-                return Err(Error::Io(e));
-            }
+            self.journal.sync_forced().map_err(|e| self.failed_io("journal sync", e))?;
         } else if self.sync_policy == SyncPolicy::Full {
             self.sync_journal()?;
         }
@@ -606,16 +616,18 @@ impl Store {
 
     /// Makes the journal durable (fsyncdir, and the tail of every fsync).
     pub fn sync_journal(&self) -> Result<()> {
-        if let Err(e) = self.journal.sync() {
-            self.failed.store(true, Ordering::Release);
-            return Err(Error::Io(e));
-        }
-        Ok(())
+        self.usable()?;
+        self.journal.sync().map_err(|e| self.failed_io("journal sync", e))
     }
 }
 
 /// Largest file size: block numbers must fit comfortably in 64 bits.
 pub const MAX_FILE_SIZE: u64 = 1 << 52;
+
+/// The runs of `g` written since its last fsync.
+fn dirty_of(g: &mut Inode) -> &mut Vec<Run> {
+    &mut g.extra.get_or_insert_with(Default::default).dirty
+}
 
 /// Records a written physical run for the next fsync, merging with the previous one.
 fn note_dirty(dirty: &mut Vec<Run>, r: Run) {

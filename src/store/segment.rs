@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
+use super::faults::{self, Point};
+
 /// How segment data is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Backend {
@@ -64,9 +66,17 @@ impl Segment {
     /// (written to `path.tmp`, synced, renamed, directory synced), then maps it.
     pub(crate) fn create(path: &Path, len: usize, t: &Tuning) -> io::Result<Segment> {
         let tmp = path.with_extension("seg.tmp");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-        reserve(&file, len)?;
-        file.sync_all()?;
+        let made = (|| -> io::Result<File> {
+            faults::check(Point::SegmentCreate)?;
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+            reserve(&file, len)?;
+            file.sync_all()?;
+            Ok(file)
+        })();
+        // A failed creation leaves nothing behind: no half-reserved file holding host space.
+        let file = made.inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
@@ -206,6 +216,7 @@ impl Segment {
     /// `fdatasync` of the file with the pread backend (no range-limited equivalent exists).
     pub(crate) fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {
         self.check(off, len);
+        faults::check(Point::Msync)?;
         match &self.map {
             Some(map) => map.flush_range(off, len),
             None => self.file.sync_data(),

@@ -10,8 +10,11 @@ use std::io;
 
 /// Magic at the start of the superblock file.
 pub const MAGIC: &[u8; 8] = b"MMAPFSSB";
-/// The on-disk format this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The on-disk format this build writes. Format 1 (journal records whose length was not
+/// checksummed) is still read, and upgraded to 2 when opened for writing.
+pub const VERSION: u32 = 2;
+/// The oldest format this build reads.
+pub const OLDEST: u32 = 1;
 const LEN: usize = 52;
 
 /// What a store's superblock says.
@@ -56,7 +59,7 @@ impl Superblock {
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
         let version = u32_at(8);
-        if version != VERSION {
+        if !(OLDEST..=VERSION).contains(&version) {
             return Err(SuperblockError::Version(version));
         }
         if b.len() != LEN {
@@ -146,9 +149,30 @@ mod tests {
         let mut bad = b.clone();
         bad[40] ^= 1;
         assert!(matches!(Superblock::decode(&bad), Err(SuperblockError::Corrupt(_))));
-        let mut v2 = b.clone();
-        v2[8] = 2;
-        assert!(matches!(Superblock::decode(&v2), Err(SuperblockError::Version(2))));
+        let mut v3 = b.clone();
+        v3[8] = 3;
+        assert!(matches!(Superblock::decode(&v3), Err(SuperblockError::Version(3))));
+        // Format 1 is still read (and upgraded by the mount).
+        let mut sb1 = sb();
+        sb1.version = 1;
+        assert_eq!(Superblock::decode(&sb1.encode()).unwrap().version, 1);
         assert!(matches!(Superblock::decode(b"hello world!"), Err(SuperblockError::Foreign)));
+    }
+
+    /// Every single-byte change and every truncation of a superblock is refused.
+    #[test]
+    fn fuzzed_damage_is_refused() {
+        let b = sb().encode();
+        let mut rng = crate::rng::Rng::new(52);
+        for i in 0..b.len() {
+            for _ in 0..8 {
+                let mut m = b.clone();
+                m[i] ^= (rng.below(255) + 1) as u8;
+                assert!(Superblock::decode(&m).is_err(), "byte {i} changed: {m:?}");
+            }
+        }
+        for cut in 0..b.len() {
+            assert!(Superblock::decode(&b[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -269,3 +269,137 @@ fn meta_on_another_filesystem_msyncs_every_range() {
     assert_eq!(s.counters.msync_calls.load(Ordering::Relaxed), calls + 10, "one msync per range");
     drop(s);
 }
+
+/// Zeroes written by fallocate, ZERO_RANGE and regrowth belong to the file's dirty ranges:
+/// the fsync that makes the new block mapping durable must carry them to the disk too.
+#[test]
+fn zeroing_is_part_of_what_fsync_flushes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+    let c = &s.counters;
+    let a = file(&s, ROOT, "a");
+    s.fallocate(a, 0, 8 * 4096, 0).unwrap();
+    s.fsync(a).unwrap();
+    assert_eq!(c.msync_bytes.load(Ordering::Relaxed), 8 * 4096, "fallocate's zeroed blocks");
+    let b = file(&s, ROOT, "b");
+    s.write(b, 0, &[5u8; 3 * 4096]).unwrap();
+    s.fsync(b).unwrap();
+    let before = c.msync_bytes.load(Ordering::Relaxed);
+    s.fallocate(b, 0, 2 * 4096, libc::FALLOC_FL_ZERO_RANGE).unwrap();
+    s.fsync(b).unwrap();
+    assert_eq!(c.msync_bytes.load(Ordering::Relaxed) - before, 2 * 4096, "ZERO_RANGE");
+    // Shrink into a block, regrow: the exposed tail is zeroed, and that zeroing is flushed.
+    s.truncate(b, 2 * 4096 + 100).unwrap();
+    s.fsync(b).unwrap();
+    let before = c.msync_bytes.load(Ordering::Relaxed);
+    s.truncate(b, 3 * 4096).unwrap();
+    s.fsync(b).unwrap();
+    assert_eq!(c.msync_bytes.load(Ordering::Relaxed) - before, 4096, "regrowth");
+    assert!(read_all(&s, b)[2 * 4096 + 100..].iter().all(|&x| x == 0));
+}
+
+/// A request the capacity cannot hold creates no segment file (nothing for the host to keep).
+#[test]
+fn huge_fallocate_leaves_the_host_untouched() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts(1 << 20, 64 << 20)).unwrap();
+    let a = file(&s, ROOT, "a");
+    assert!(matches!(s.fallocate(a, 0, 1 << 52, libc::FALLOC_FL_KEEP_SIZE), Err(Error::NoSpace)));
+    assert!(matches!(s.fallocate(a, 0, (1 << 52) - 1, 0), Err(Error::NoSpace)));
+    let segs: Vec<_> = std::fs::read_dir(d.path().join("segments")).unwrap().collect();
+    assert!(segs.is_empty(), "{segs:?}");
+    assert_eq!(s.getattr(a).unwrap().size, 0);
+    s.write(a, 0, b"still works").unwrap();
+}
+
+/// A store with one byte of its checkpoint changed, or the checkpoint cut short, is refused
+/// with nothing modified; the same for the superblock. Every byte, several values each.
+#[test]
+fn damaged_checkpoint_or_superblock_is_refused_untouched() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+        let a = file(&s, ROOT, "a");
+        s.write(a, 0, b"hello").unwrap();
+        let dir = s.create(ROOT, b"dir", Kind::Dir, 0o755, 0, 0, 0, b"").unwrap().ino;
+        s.create(dir, b"link", Kind::Symlink, 0o777, 0, 0, 0, b"../a").unwrap();
+        s.setxattr(a, b"user.k", b"v", false, false).unwrap();
+        s.close().unwrap();
+    }
+    let snapshot = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v = Vec::new();
+        for sub in ["", "meta"] {
+            for e in std::fs::read_dir(dir.join(sub)).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_file() {
+                    v.push((format!("{sub}/{}", e.file_name().to_string_lossy()), std::fs::read(e.path()).unwrap()));
+                }
+            }
+        }
+        v.sort();
+        v
+    };
+    let mut rng = crate::rng::Rng::new(0xC0FFEE);
+    for name in ["meta/checkpoint", "superblock"] {
+        let path = d.path().join(name);
+        let orig = std::fs::read(&path).unwrap();
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for i in 0..orig.len() {
+            let mut m = orig.clone();
+            m[i] ^= (rng.below(255) + 1) as u8;
+            cases.push(m);
+        }
+        for cut in 0..orig.len() {
+            cases.push(orig[..cut].to_vec());
+        }
+        for m in cases {
+            std::fs::write(&path, &m).unwrap();
+            let before = snapshot(d.path());
+            let r = Store::open(d.path(), opts(1 << 20, 8 << 20));
+            assert!(r.is_err(), "{name} damaged ({} bytes) was accepted", m.len());
+            assert!(before == snapshot(d.path()), "{name}: a refused store was modified");
+        }
+        std::fs::write(&path, &orig).unwrap();
+    }
+    let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+    let a = s.lookup(ROOT, b"a").unwrap().ino;
+    assert_eq!(read_all(&s, a), b"hello");
+}
+
+/// fsck of a healthy store with links, directories, an orphan and a torn journal tail.
+#[test]
+fn fsck_reports_a_healthy_store_clean_and_finds_damage() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+        let a = file(&s, ROOT, "a");
+        s.write(a, 0, &[1u8; 10_000]).unwrap();
+        let dir = s.create(ROOT, b"d", Kind::Dir, 0o755, 0, 0, 0, b"").unwrap().ino;
+        s.link(a, dir, b"a2").unwrap();
+        let o = file(&s, dir, "open-unlinked");
+        s.open_file(o).unwrap();
+        s.unlink(dir, b"open-unlinked", false).unwrap();
+        // Dropped without close: like a crash, the orphan and the journal records remain.
+    }
+    let r = fsck::check(d.path()).unwrap();
+    assert!(r.clean(), "{r:?}");
+    assert_eq!((r.files, r.directories, r.orphans), (2, 2, 1), "{r:?}");
+    assert_eq!(r.used_bytes, 3 * 4096);
+    // A torn tail is a note, not damage.
+    let j = journal::list(&d.path().join("meta")).unwrap().pop().unwrap().1;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&j).unwrap();
+    std::io::Write::write_all(&mut f, &[1, 2, 3]).unwrap();
+    let r = fsck::check(d.path()).unwrap();
+    assert!(r.clean() && r.notes.iter().any(|n| n.contains("cut short")), "{r:?}");
+    // A mounted store cannot be checked.
+    let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+    assert!(fsck::check(d.path()).unwrap_err().0.contains("in use"));
+    drop(s);
+    // Damage: a flipped byte in the checkpoint.
+    let cp = d.path().join("meta/checkpoint");
+    let mut b = std::fs::read(&cp).unwrap();
+    b[40] ^= 1;
+    std::fs::write(&cp, &b).unwrap();
+    let r = fsck::check(d.path()).unwrap();
+    assert!(!r.clean() && r.problems[0].contains("checksum"), "{r:?}");
+}

@@ -1,0 +1,207 @@
+//! `mmapfs fsck`: an offline check of a store that is not mounted, like `e2fsck -n`.
+//!
+//! It loads the store exactly as a mount would ([`super::open::load`]: superblock, segment
+//! files, checkpoint and journal checksums, every record applied to the metadata, extents
+//! inside the segments and no block owned twice) without changing a byte, then checks what
+//! the mount does not need to: link counts against directory entries, that every inode is
+//! reachable from the root or an orphan due for freeing, directory back-pointers and entry
+//! kinds, and the free-space accounting.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::meta::{Content, Kind};
+use super::open::load;
+use super::{Error, Ino, ROOT, rd};
+
+/// What `fsck` found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub store: String,
+    pub format_version: u32,
+    pub inodes: u64,
+    pub files: u64,
+    pub directories: u64,
+    pub segments: u64,
+    pub used_bytes: u64,
+    pub free_bytes_in_segments: u64,
+    pub journal_records: u64,
+    /// Inodes without links a crash left behind; the next mount frees them.
+    pub orphans: u64,
+    /// Harmless findings the next mount mends (leftover temporary files, a torn journal tail).
+    pub notes: Vec<String>,
+    /// Damage: the store is not what mmapfs wrote.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Why `fsck` could not check the store at all (exit status 2).
+#[derive(Debug)]
+pub struct CannotRun(pub String);
+
+/// Checks the store in `dir`. `Err` when the check could not run (not a store, another
+/// format, mounted, unreadable); damage is reported in the [`Report`].
+pub fn check(dir: &Path) -> Result<Report, CannotRun> {
+    let mut r = Report { store: dir.display().to_string(), ..Report::default() };
+    // Refuse a store in use: its files change under us. The lock is only tested, never
+    // created or written.
+    if let Ok(f) = File::open(dir.join("lock")) {
+        // SAFETY: flock on an fd we own; no memory is passed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+            let pid = std::fs::read_to_string(dir.join("lock")).unwrap_or_default();
+            let pid = pid.split_whitespace().next().unwrap_or("?").to_string();
+            return Err(CannotRun(format!("the store is in use by pid {pid}; unmount it first")));
+        }
+    }
+    let l = match load(dir) {
+        Ok(l) => l,
+        Err(Error::Corrupt(m)) => {
+            r.problems.push(m);
+            return Ok(r);
+        }
+        Err(e) => return Err(CannotRun(e.to_string())),
+    };
+    r.format_version = l.sb.version;
+    r.segments = l.segments;
+    r.journal_records = l.replayed.records;
+    for d in &l.debris {
+        r.notes.push(format!("{} is left from an interrupted operation (removed at the next mount)", d.display()));
+    }
+    if let Some(t) = &l.replayed.torn {
+        r.notes.push(format!(
+            "journal {} ends at byte {} in an append a crash cut short (never acknowledged; cut off at the next mount)",
+            t.path.display(),
+            t.at
+        ));
+    }
+    let nodes = l.table.nodes();
+    r.inodes = nodes.len() as u64;
+    // Links from directory entries, and which directory names each directory.
+    let mut links: HashMap<Ino, u32> = HashMap::new();
+    let mut named_in: HashMap<Ino, Ino> = HashMap::new();
+    let bs = l.sb.block_size as u64;
+    let mut used = 0u64;
+    for node in &nodes {
+        let g = rd(node);
+        match &g.content {
+            Content::Dir(d) => {
+                r.directories += 1;
+                let mut subdirs = 0;
+                for e in d.iter_after(0) {
+                    let Some(child) = l.table.get(e.ino) else {
+                        r.problems.push(format!(
+                            "directory {}: entry {:?} names missing inode {}",
+                            node.ino,
+                            name(&e.name),
+                            e.ino
+                        ));
+                        continue;
+                    };
+                    let kind = rd(&child).attr.kind;
+                    if kind != e.kind {
+                        r.problems.push(format!(
+                            "directory {}: entry {:?} says {:?}, inode {} is {kind:?}",
+                            node.ino,
+                            name(&e.name),
+                            e.kind,
+                            e.ino
+                        ));
+                    }
+                    if kind == Kind::Dir {
+                        subdirs += 1;
+                        if let Some(other) = named_in.insert(e.ino, node.ino) {
+                            r.problems.push(format!("directory {} has entries in {other} and {}", e.ino, node.ino));
+                        }
+                    }
+                    *links.entry(e.ino).or_default() += 1;
+                }
+                if d.subdirs != subdirs {
+                    r.problems.push(format!(
+                        "directory {}: counts {} subdirectories, its entries hold {subdirs}",
+                        node.ino, d.subdirs
+                    ));
+                }
+            }
+            Content::File(x) => {
+                r.files += 1;
+                used += x.blocks();
+            }
+            _ => {}
+        }
+    }
+    for node in &nodes {
+        let g = rd(node);
+        let ino = node.ino;
+        let found = links.get(&ino).copied().unwrap_or(0);
+        if ino == ROOT {
+            if found != 0 {
+                r.problems.push("the root directory has an entry naming it".into());
+            }
+            continue;
+        }
+        if found == 0 {
+            if g.attr.nlink == 0 {
+                r.orphans += 1;
+            } else {
+                r.problems.push(format!("inode {ino} has {} links but no directory names it", g.attr.nlink));
+            }
+            continue;
+        }
+        match &g.content {
+            Content::Dir(d) => {
+                if g.attr.nlink == 0 {
+                    r.problems.push(format!("directory {ino} is named but has no links"));
+                }
+                if named_in.get(&ino) != Some(&d.parent) {
+                    r.problems.push(format!("directory {ino}: parent {} does not name it", d.parent));
+                }
+            }
+            _ if g.attr.nlink != found => {
+                r.problems.push(format!("inode {ino} has {} links, {found} directory entries name it", g.attr.nlink));
+            }
+            _ => {}
+        }
+    }
+    // Directories reachable from the root: a cycle of directories that only name each other
+    // passes the link counts above but is cut off from the tree.
+    let mut reach = vec![ROOT];
+    let mut seen = std::collections::HashSet::from([ROOT]);
+    while let Some(ino) = reach.pop() {
+        let Some(node) = l.table.get(ino) else { continue };
+        if let Some(d) = rd(&node).dir() {
+            for e in d.iter_after(0) {
+                if seen.insert(e.ino) && e.kind == Kind::Dir {
+                    reach.push(e.ino);
+                }
+            }
+        }
+    }
+    let unreachable = links.keys().filter(|i| !seen.contains(i)).count();
+    if unreachable > 0 {
+        r.problems.push(format!("{unreachable} named inodes cannot be reached from the root"));
+    }
+    // Free space: blocks in use plus free blocks fill the segments exactly.
+    let total = l.segments * l.sb.blocks_per_segment();
+    if used + l.alloc.free_blocks() != total {
+        r.problems.push(format!(
+            "free-space accounting: {used} blocks in use + {} free != {total} in the segments",
+            l.alloc.free_blocks()
+        ));
+    }
+    r.used_bytes = used * bs;
+    r.free_bytes_in_segments = l.alloc.free_blocks() * bs;
+    Ok(r)
+}
+
+fn name(n: &[u8]) -> String {
+    String::from_utf8_lossy(n).into_owned()
+}
