@@ -349,10 +349,14 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
         let (stop, store, counters, cfg, mnt) =
             (stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.clone());
         std::thread::Builder::new()
-            .name("stats".into())
+            .name("stats+reclaim".into())
             .spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     write_snapshot(&snapshot(&counters, &store, &cfg, &mnt), store.dir());
+                    // Space freed by deletes goes back to the host within a second or so.
+                    if let Err(e) = store.reclaim() {
+                        log::warn!("giving free space back to the host: {e}");
+                    }
                     std::thread::sleep(std::time::Duration::from_secs(1));
                 }
             })

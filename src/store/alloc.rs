@@ -36,24 +36,42 @@ pub struct Allocator {
     /// Where the last allocation ended: next-fit keeps unrelated files apart and fresh
     /// sequential writers on contiguous runs.
     cursor: BlockNo,
+    /// One bit per block: its host space is not known to be reserved (punched to give it
+    /// back to the host, or free when the store was opened). Only free blocks are unbacked;
+    /// the store reserves them again before it hands them out.
+    unbacked: Vec<u64>,
+    unbacked_count: u64,
+    /// Counts frees, so a reclaim pass can tell whether anything changed since the last.
+    frees: u64,
 }
 
 impl Allocator {
     /// An allocator with `segments` segments, all free.
     pub fn new(blocks_per_segment: u64, segments: u64) -> Allocator {
-        let mut a = Allocator { free: BTreeMap::new(), free_blocks: 0, blocks_per_segment, segments: 0, cursor: 0 };
+        let mut a = Allocator {
+            free: BTreeMap::new(),
+            free_blocks: 0,
+            blocks_per_segment,
+            segments: 0,
+            cursor: 0,
+            unbacked: Vec::new(),
+            unbacked_count: 0,
+            frees: 0,
+        };
         for _ in 0..segments {
             a.add_segment();
         }
         a
     }
 
-    /// Rebuilds the free map from the runs in use; fails if they overlap or overflow.
+    /// Rebuilds the free map from the runs in use; fails if they overlap or overflow. Every
+    /// free block counts as unbacked: an earlier mount may have punched it.
     pub fn from_used(blocks_per_segment: u64, segments: u64, mut used: Vec<Run>) -> Result<Allocator, RebuildError> {
         used.sort_unstable_by_key(|r| r.start);
         let end = segments * blocks_per_segment;
         let mut a = Allocator::new(blocks_per_segment, 0);
         a.segments = segments;
+        a.unbacked = vec![0; (end as usize).div_ceil(64)];
         let mut next = 0;
         for r in used.iter().filter(|r| r.len > 0) {
             if r.start < next {
@@ -66,6 +84,10 @@ impl Allocator {
             next = r.start + r.len;
         }
         a.insert_free(next, end - next);
+        let runs: Vec<Run> = a.free.iter().map(|(&start, &len)| Run { start, len }).collect();
+        for r in runs {
+            a.set_unbacked(r, true);
+        }
         Ok(a)
     }
 
@@ -79,10 +101,12 @@ impl Allocator {
         self.free_blocks
     }
 
-    /// Adds the next segment's blocks as free space; returns its index.
+    /// Adds the next segment's blocks as free space (reserved on the host: a new segment is
+    /// created whole); returns its index.
     pub fn add_segment(&mut self) -> u64 {
         let idx = self.segments;
         self.segments += 1;
+        self.unbacked.resize(((self.segments * self.blocks_per_segment) as usize).div_ceil(64), 0);
         self.insert_free(idx * self.blocks_per_segment, self.blocks_per_segment);
         idx
     }
@@ -128,8 +152,87 @@ impl Allocator {
     /// Returns a run to the free map.
     pub fn free(&mut self, run: Run) {
         if run.len > 0 {
+            self.frees += 1;
             self.insert_free(run.start, run.len);
         }
+    }
+
+    /// Free blocks whose host space is reserved.
+    pub fn backed_free_blocks(&self) -> u64 {
+        self.free_blocks - self.unbacked_count
+    }
+
+    /// Free blocks whose host space is not reserved (the store must reserve them before use).
+    pub fn unbacked_blocks(&self) -> u64 {
+        self.unbacked_count
+    }
+
+    /// How many runs were freed so far (a reclaim pass with the same figure has nothing new).
+    pub fn frees(&self) -> u64 {
+        self.frees
+    }
+
+    fn bit(&self, b: BlockNo) -> bool {
+        self.unbacked[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+
+    fn set_unbacked(&mut self, run: Run, on: bool) {
+        for b in run.start..run.start + run.len {
+            if self.bit(b) != on {
+                self.unbacked[(b / 64) as usize] ^= 1 << (b % 64);
+                if on {
+                    self.unbacked_count += 1;
+                } else {
+                    self.unbacked_count -= 1;
+                }
+            }
+        }
+    }
+
+    /// The pieces of `run` (just allocated) whose host space must be reserved before use.
+    pub fn unbacked_in(&self, run: Run) -> Vec<Run> {
+        let mut out: Vec<Run> = Vec::new();
+        for b in run.start..run.start + run.len {
+            if self.bit(b) {
+                match out.last_mut() {
+                    Some(r) if r.start + r.len == b => r.len += 1,
+                    _ => out.push(Run { start: b, len: 1 }),
+                }
+            }
+        }
+        out
+    }
+
+    /// Records that `run`'s host space is reserved again.
+    pub fn mark_backed(&mut self, run: Run) {
+        self.set_unbacked(run, false);
+    }
+
+    /// Takes out of the free map every free run of at least `min_len` blocks that holds
+    /// reserved blocks, for the store to give back to the host; nothing can allocate them until
+    /// [`put_back`](Self::put_back).
+    pub fn take_reclaimable(&mut self, min_len: u64) -> Vec<Run> {
+        let runs: Vec<Run> = self
+            .free
+            .iter()
+            .filter(|&(_, &l)| l >= min_len)
+            .map(|(&start, &len)| Run { start, len })
+            .filter(|r| (r.start..r.start + r.len).any(|b| !self.bit(b)))
+            .collect();
+        for r in &runs {
+            self.free.remove(&r.start);
+            self.free_blocks -= r.len;
+        }
+        runs
+    }
+
+    /// Returns a run taken by [`take_reclaimable`](Self::take_reclaimable), unbacked if its
+    /// host space was given back.
+    pub fn put_back(&mut self, run: Run, given_back: bool) {
+        if given_back {
+            self.set_unbacked(run, true);
+        }
+        self.insert_free(run.start, run.len);
     }
 
     /// Adds free space, split at segment boundaries.
@@ -238,6 +341,34 @@ mod tests {
         assert_eq!(a.add_segment(), 1);
         assert_eq!(a.alloc(4, None), Some(run(4, 4)));
         assert_eq!(a.segments(), 2);
+    }
+
+    #[test]
+    fn reclaim_and_reserve_bookkeeping() {
+        let mut a = Allocator::new(100, 2);
+        assert_eq!((a.backed_free_blocks(), a.unbacked_blocks()), (200, 0), "new segments are reserved");
+        let r = a.alloc(60, None).unwrap();
+        let small = a.alloc(5, None).unwrap();
+        a.free(r);
+        a.free(small);
+        // Runs of at least 50 blocks holding reserved blocks: 0..100 and 100..200.
+        let taken = a.take_reclaimable(50);
+        assert_eq!(taken, vec![run(0, 100), run(100, 100)]);
+        assert_eq!(a.free_blocks(), 0, "taken runs cannot be allocated meanwhile");
+        assert_eq!(a.alloc(1, None), None);
+        a.put_back(taken[0], true);
+        a.put_back(taken[1], false);
+        assert_eq!((a.free_blocks(), a.unbacked_blocks(), a.backed_free_blocks()), (200, 100, 100));
+        assert!(a.take_reclaimable(50) == vec![run(100, 100)], "punched runs are not taken again");
+        a.put_back(run(100, 100), false);
+        let got = a.alloc(10, Some(95)).unwrap();
+        assert_eq!(got, run(95, 5));
+        assert_eq!(a.unbacked_in(got), vec![run(95, 5)]);
+        a.mark_backed(got);
+        assert_eq!(a.unbacked_blocks(), 95);
+        // After a remount every free block may have been punched.
+        let b = Allocator::from_used(10, 1, vec![run(2, 3)]).unwrap();
+        assert_eq!((b.free_blocks(), b.unbacked_blocks()), (7, 7));
     }
 
     #[test]

@@ -239,19 +239,22 @@ impl Store {
                     Some(Op::Map { logical: l, phys, len, .. }) if l + len == logical + done => Some(phys + len),
                     _ => x.hint(logical + done),
                 };
-                let run = match a.alloc(len - done, hint) {
-                    Some(r) => r,
-                    None => match self.grow(&mut a) {
-                        Ok(()) => continue,
-                        Err(e) => {
-                            for m in &maps {
-                                if let Op::Map { phys, len, .. } = m {
-                                    a.free(Run { start: *phys, len: *len });
-                                }
+                let got = match a.alloc(len - done, hint) {
+                    // Blocks given back to the host are reserved again before use.
+                    Some(r) => self.reserve(&mut a, r).map(|()| r).inspect_err(|_| a.free(r)),
+                    None => self.grow(&mut a).map(|()| Run { start: 0, len: 0 }),
+                };
+                let run = match got {
+                    Ok(r) if r.len == 0 => continue,
+                    Ok(r) => r,
+                    Err(e) => {
+                        for m in &maps {
+                            if let Op::Map { phys, len, .. } = m {
+                                a.free(Run { start: *phys, len: *len });
                             }
-                            return Err(e);
                         }
-                    },
+                        return Err(e);
+                    }
                 };
                 maps.push(Op::Map { ino, logical: logical + done, phys: run.start, len: run.len });
                 done += run.len;
@@ -452,6 +455,23 @@ impl Store {
         res
     }
 
+    /// Reserves the host space of the blocks of `run` that were given back to the host.
+    /// A full host filesystem is ENOSPC for the request (nothing changed); another error is
+    /// an I/O failure of the store.
+    fn reserve(&self, a: &mut Allocator, run: Run) -> Result<()> {
+        let (bs, bps) = (self.bs, self.sb.blocks_per_segment());
+        for piece in a.unbacked_in(run) {
+            // Runs never cross a segment boundary.
+            let off = ((piece.start % bps) * bs) as usize;
+            match self.seg(piece.start / bps).reserve(off, (piece.len * bs) as usize) {
+                Ok(()) => a.mark_backed(piece),
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Err(Error::NoSpace),
+                Err(e) => return Err(self.failed_io("reserving segment space", e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Adds a segment (up to the capacity).
     fn grow(&self, a: &mut Allocator) -> Result<()> {
         let idx = a.segments();
@@ -513,6 +533,9 @@ impl Store {
         }
         let node = self.node(ino)?;
         self.journal_times(ino, &node)?;
+        // Read before the dirty runs are taken: a reclaim that punches any of them meanwhile
+        // (they may have been freed) must keep them from being marked settled below.
+        let punches = self.punches.load(Ordering::Acquire);
         let mut runs = wr(&node).take_dirty();
         runs.sort_unstable_by_key(|r| r.start);
         let mut merged: Vec<Run> = Vec::with_capacity(runs.len());
@@ -590,7 +613,7 @@ impl Store {
             calls += 1;
             seg_io(seg.sync_range(pieces[last].1, pieces[last].2))?;
             flushed = true;
-            if self.batch_sync {
+            if self.batch_sync && self.punches.load(Ordering::Acquire) == punches {
                 for &(_, o, l) in &pieces[first..=last] {
                     seg.mark_settled(o, l);
                 }

@@ -148,6 +148,10 @@ pub struct Store {
     batch_sync: bool,
     /// Set when an msync failed: every later fsync reports EIO until the store is reopened.
     failed: AtomicBool,
+    /// Counts reclaim passes that punched segment space; fsync marks nothing settled across one.
+    punches: AtomicU64,
+    /// `Allocator::frees` at the last reclaim pass (nothing freed since: nothing to do).
+    reclaimed_at: AtomicU64,
     pub counters: Counters,
     _lock: File,
 }
@@ -292,14 +296,84 @@ impl Store {
         Ok(())
     }
 
+    /// Gives the host space of large free runs back to the host filesystem (punched holes in
+    /// the segment files), so deleting files shrinks the store on disk. Called in the
+    /// background; returns the bytes given back.
+    ///
+    /// The runs are taken out of the allocator first (nothing can allocate them meanwhile), and
+    /// the journal is made durable before any is punched: their blocks were freed by records
+    /// appended before, and if a power cut lost such a record, its file would come back with
+    /// its data punched away.
+    pub fn reclaim(&self) -> Result<u64> {
+        /// Runs shorter than this stay reserved: punching small holes fragments the segment
+        /// files for little gain.
+        const MIN_RUN_BYTES: u64 = 1 << 20;
+        let runs = {
+            let mut a = lock(&self.alloc);
+            let frees = a.frees();
+            if self.reclaimed_at.swap(frees, Ordering::AcqRel) == frees || self.failed.load(Ordering::Acquire) {
+                return Ok(0);
+            }
+            a.take_reclaimable(MIN_RUN_BYTES.div_ceil(self.bs))
+        };
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let synced = self.sync_journal();
+        let (bs, bps) = (self.bs, self.sb.blocks_per_segment());
+        let mut given = 0;
+        self.punches.fetch_add(1, Ordering::AcqRel);
+        for r in runs {
+            let punched = synced.is_ok() && {
+                let off = ((r.start % bps) * bs) as usize;
+                match self.segments[(r.start / bps) as usize].get().map(|s| s.punch(off, (r.len * bs) as usize)) {
+                    Some(Ok(())) => true,
+                    Some(Err(e)) => {
+                        log::warn!("cannot give segment space back to the host: {e}");
+                        false
+                    }
+                    None => false,
+                }
+            };
+            given += if punched { r.len * bs } else { 0 };
+            lock(&self.alloc).put_back(r, punched);
+        }
+        self.punches.fetch_add(1, Ordering::AcqRel);
+        synced?;
+        if given > 0 {
+            log::debug!("gave {} KiB of free segment space back to the host", given >> 10);
+        }
+        Ok(given)
+    }
+
+    /// Blocks the host filesystem holding the segments can still give.
+    fn host_free_blocks(&self) -> u64 {
+        let Ok(c) = std::ffi::CString::new(self.dir.join("segments").into_os_string().into_encoded_bytes()) else {
+            return 0;
+        };
+        // SAFETY: a zeroed statvfs is a valid out-buffer; `c` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return 0;
+        }
+        st.f_bavail as u64 * st.f_frsize as u64 / self.bs
+    }
+
+    /// Figures for `statfs`. Free space never exceeds what the host can give: blocks whose
+    /// space is reserved count whole, the rest (given back, or in segments not yet created)
+    /// only as far as the host filesystem has room.
     pub fn statfs(&self) -> StatFs {
         let a = lock(&self.alloc);
         let unmade = self.sb.max_segments() - a.segments();
+        let (backed, unbacked) = (a.backed_free_blocks(), a.unbacked_blocks());
+        drop(a);
         let files = self.table.len() as u64;
+        let needs_host = unbacked + unmade * self.sb.blocks_per_segment();
         StatFs {
             block_size: self.bs as u32,
             blocks: self.sb.max_segments() * self.sb.blocks_per_segment(),
-            free_blocks: a.free_blocks() + unmade * self.sb.blocks_per_segment(),
+            free_blocks: backed + needs_host.min(self.host_free_blocks()),
             files: files + (1 << 32),
             free_files: 1 << 32,
         }

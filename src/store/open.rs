@@ -313,6 +313,8 @@ impl Store {
             sync_policy: opts.sync,
             batch_sync: batch_sync_safe(dir),
             failed: AtomicBool::new(false),
+            punches: AtomicU64::new(0),
+            reclaimed_at: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
             _lock: lock_file,
         };

@@ -54,7 +54,8 @@ pub(crate) struct Segment {
     prefetch: bool,
     /// One bit per 4 KiB: written on disk, and that allocation committed, since this mount
     /// (see `Store::fsync`). Starts clear: nothing is assumed about a store just opened. A
-    /// settled block stays written: the store never punches holes into segment files.
+    /// settled block stays written until [`Segment::punch`] gives it back, which clears it
+    /// (and `Store::fsync` marks nothing settled across a punch, see `Store::punches`).
     settled: Box<[AtomicU64]>,
 }
 
@@ -69,7 +70,7 @@ impl Segment {
         let made = (|| -> io::Result<File> {
             faults::check(Point::SegmentCreate)?;
             let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-            reserve(&file, len)?;
+            reserve_file(&file, len)?;
             file.sync_all()?;
             Ok(file)
         })();
@@ -260,6 +261,33 @@ impl Segment {
         }
     }
 
+    /// Gives the host space of `off..off+len` (free blocks) back to the host filesystem
+    /// (`FALLOC_FL_PUNCH_HOLE`); the range reads zero until it is reserved and written again.
+    /// Its pages leave the mapping, so nothing may use the range until [`reserve`](Self::reserve).
+    pub(crate) fn punch(&self, off: usize, len: usize) -> io::Result<()> {
+        self.check(off, len);
+        // Punched blocks are no longer written on disk: not settled any more (see `settled`).
+        for u in units(off, len) {
+            self.settled[u / 64].fetch_and(!(1 << (u % 64)), Ordering::Release);
+        }
+        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
+    }
+
+    /// Reserves host space for `off..off+len` again (`fallocate` mode 0), so a store through
+    /// the mapping cannot fault on a block the host has no room for (a SIGBUS in the daemon).
+    pub(crate) fn reserve(&self, off: usize, len: usize) -> io::Result<()> {
+        self.check(off, len);
+        self.fallocate(0, off, len)
+    }
+
+    fn fallocate(&self, mode: libc::c_int, off: usize, len: usize) -> io::Result<()> {
+        // SAFETY: a plain syscall on an fd we own; no memory is passed.
+        if unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off as i64, len as i64) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// True when syncing any range syncs the whole file (pread backend).
     pub(crate) fn syncs_whole_file(&self) -> bool {
         self.map.is_none()
@@ -279,7 +307,7 @@ fn units(off: usize, len: usize) -> std::ops::Range<usize> {
 }
 
 /// Reserves `len` bytes for `file`, so that a store into a mapping can never find the disk full.
-fn reserve(file: &File, len: usize) -> io::Result<()> {
+fn reserve_file(file: &File, len: usize) -> io::Result<()> {
     // SAFETY: plain syscall on an fd we own; no memory is passed.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as i64) };
     if rc == 0 {

@@ -16,6 +16,8 @@ pub struct Mounted {
     pub store: PathBuf,
     pub mnt: PathBuf,
     pub args: Vec<String>,
+    /// Extra environment of the daemon (e.g. `MMAPFS_FAULTS`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -40,26 +42,38 @@ pub fn lazy_umount(mnt: &Path) {
 impl Mounted {
     /// A fresh store in a new temporary directory, mounted with `args` (e.g. `-o`, `--capacity`).
     pub fn new(args: &[&str]) -> Mounted {
+        let mut m = Mounted::new_stopped(args);
+        m.start().expect("mount");
+        m
+    }
+
+    /// A fresh store mounted with `args` and the daemon environment `env`.
+    pub fn with_env(args: &[&str], env: &[(&str, &str)]) -> Mounted {
+        let mut m = Mounted::new_stopped(args);
+        m.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        m.start().expect("mount");
+        m
+    }
+
+    /// Like [`Mounted::new`], but the daemon is not started yet.
+    pub fn new_stopped(args: &[&str]) -> Mounted {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let store = tmp.path().join("store");
-        let mnt = tmp.path().join("mnt");
-        let mut m = Mounted {
-            store,
-            mnt,
+        Mounted {
+            store: tmp.path().join("store"),
+            mnt: tmp.path().join("mnt"),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
             log: tmp.path().join("daemon.log"),
             _tmp: Some(tmp),
-        };
-        m.start().expect("mount");
-        m
+        }
     }
 
     /// A daemon on the store directory `store` (which may not exist yet), mounted at `mnt`.
     pub fn at(store: PathBuf, mnt: PathBuf, args: &[&str]) -> Result<Mounted, String> {
         let log = mnt.with_extension("log");
-        let mut m =
-            Mounted { store, mnt, args: args.iter().map(|s| s.to_string()).collect(), child: None, log, _tmp: None };
+        let args = args.iter().map(|s| s.to_string()).collect();
+        let mut m = Mounted { store, mnt, args, env: Vec::new(), child: None, log, _tmp: None };
         m.start()?;
         Ok(m)
     }
@@ -75,6 +89,7 @@ impl Mounted {
             .arg(&self.mnt)
             .args(&self.args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -178,6 +193,12 @@ pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::Exit
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `mmapfs fsck STORE`: (exit status, stdout).
+pub fn fsck(store: &Path) -> (i32, String) {
+    let out = Command::new(BIN).arg("fsck").arg(store).env("RUST_LOG", "warn").output().expect("run mmapfs fsck");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs the binary with `args` (no daemon), returning (success, stderr).
