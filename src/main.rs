@@ -357,7 +357,8 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
                     if let Err(e) = store.reclaim() {
                         log::warn!("giving free space back to the host: {e}");
                     }
-                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    // Woken early at unmount, so the store closes without waiting for it.
+                    std::thread::park_timeout(std::time::Duration::from_secs(1));
                 }
             })
             .map_err(|e| format!("cannot start the stats thread: {e}"))?
@@ -365,6 +366,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     let served = session.run();
     store.mark_closing();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.thread().unpark();
     let _ = writer.join();
     write_snapshot(&snapshot(&counters, &store, cfg, &mnt), store.dir());
     let closed = store.close();

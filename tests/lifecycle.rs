@@ -92,3 +92,32 @@ fn sigterm_with_an_open_file_detaches_then_exits_when_it_closes() {
     let status = wait_timeout(&mut child, Duration::from_secs(20)).expect("daemon did not exit after the last close");
     assert!(status.success(), "{status}");
 }
+
+/// `umount` followed at once by `mount` of the same store works, as test harnesses (xfstests)
+/// do it: the new daemon waits for the old one to finish its final checkpoint instead of being
+/// refused. 50 cycles back to back, each with data that the previous daemon was still syncing.
+#[test]
+fn umount_then_mount_at_once_50_times() {
+    let mut m = Mounted::new(&["--segment-size", "16M"]);
+    let mut old = Vec::new();
+    let mut waited = 0;
+    for cycle in 0..50u32 {
+        fs::write(m.path(&format!("f{cycle}")), vec![cycle as u8; 4 << 20]).unwrap();
+        let child = child_of(&mut m);
+        let st = Command::new("umount").arg(&m.mnt).status().unwrap();
+        assert!(st.success(), "cycle {cycle}: umount");
+        m.start().unwrap_or_else(|e| panic!("cycle {cycle}: mount right after umount failed: {e}"));
+        old.push(child);
+        if m.log().matches("finishing its unmount").count() > waited {
+            waited += 1;
+        }
+    }
+    for mut c in old {
+        let status = wait_timeout(&mut c, Duration::from_secs(20)).expect("an old daemon did not exit");
+        assert!(status.success(), "{status}");
+    }
+    for cycle in 0..50u32 {
+        assert_eq!(fs::read(m.path(&format!("f{cycle}"))).unwrap(), vec![cycle as u8; 4 << 20], "f{cycle}");
+    }
+    eprintln!("50 cycles; the new daemon waited for the old one in {waited} of them");
+}

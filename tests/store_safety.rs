@@ -260,3 +260,95 @@ fn bad_cli_input_is_refused() {
     let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), store.as_os_str(), file.as_os_str()]);
     assert!(!ok && err.contains("not a directory"), "{err}");
 }
+
+/// A store held by a daemon that serves a mount is refused at once, not after a wait.
+#[test]
+fn a_live_holder_is_refused_without_waiting() {
+    let m = Mounted::new(&[]);
+    let other = m.store.parent().unwrap().join("mnt3");
+    let started = std::time::Instant::now();
+    let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), m.store.as_os_str(), other.as_os_str()]);
+    assert!(!ok && err.contains(&m.pid().to_string()), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the refusal waited {:?}", started.elapsed());
+}
+
+/// Deleting data gives its space back to the host filesystem: after 1 GiB is written and
+/// deleted, the store's disk usage returns to within a few MiB of an empty store's.
+#[test]
+fn deleted_data_gives_host_space_back() {
+    use std::os::unix::fs::MetadataExt;
+    let m = Mounted::new(&[]);
+    let du = || -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let md = fs::symlink_metadata(p).unwrap();
+            let mut n = md.blocks() * 512;
+            if md.is_dir() {
+                for e in fs::read_dir(p).unwrap() {
+                    n += walk(&e.unwrap().path());
+                }
+            }
+            n
+        }
+        walk(&m.store)
+    };
+    let empty = du();
+    let chunk = vec![0x5Au8; 1 << 20];
+    {
+        let mut f = fs::File::create(m.path("big")).unwrap();
+        for _ in 0..1024 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    assert!(du() >= 1 << 30, "1 GiB written uses {} bytes", du());
+    fs::remove_file(m.path("big")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while du() > empty + (4 << 20) {
+        assert!(std::time::Instant::now() < deadline, "store still uses {} bytes, empty {empty}", du());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The space is reserved again on reuse, and the data reads back.
+    fs::write(m.path("again"), &chunk).unwrap();
+    assert_eq!(fs::read(m.path("again")).unwrap(), chunk);
+}
+
+/// A huge fallocate answers ENOSPC and leaves the host untouched: no segment file, no debris.
+#[test]
+fn huge_fallocate_leaves_no_segment_behind() {
+    use std::os::unix::io::AsRawFd;
+    let m = Mounted::new(&["--capacity", "1G"]);
+    let f = fs::File::create(m.path("f")).unwrap();
+    // SAFETY: a plain syscall on an open descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 52) };
+    assert_eq!((rc, common::errno()), (-1, libc::ENOSPC));
+    let segs: Vec<_> = fs::read_dir(m.store.join("segments")).unwrap().collect();
+    assert!(segs.is_empty(), "{segs:?}");
+}
+
+/// `mmapfs fsck`: 0 on a clean store, 1 on damage (with the damage named, `--json` too), 2 when
+/// it cannot run (mounted, not a store).
+#[test]
+fn fsck_exit_status_says_clean_damaged_or_could_not_run() {
+    let mut m = Mounted::new(&[]);
+    fs::write(m.path("f"), b"data").unwrap();
+    let (code, _) = common::fsck(&m.store);
+    assert_eq!(code, 2, "a mounted store cannot be checked");
+    m.stop();
+    let (code, report) = common::fsck(&m.store);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("clean"), "{report}");
+    let out = std::process::Command::new(common::BIN).args(["fsck", "--json"]).arg(&m.store).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["files"], 1);
+    assert_eq!(json["problems"].as_array().unwrap().len(), 0);
+    let cp = m.store.join("meta/checkpoint");
+    let mut b = fs::read(&cp).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0x10;
+    fs::write(&cp, &b).unwrap();
+    let (code, report) = common::fsck(&m.store);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("DAMAGE") && report.contains("checkpoint"), "{report}");
+    let (code, _) = common::fsck(m.store.parent().unwrap());
+    assert_eq!(code, 2, "not a store");
+}
