@@ -66,6 +66,7 @@ fn external_umount_ends_the_daemon_cleanly() {
     m.start().unwrap();
     assert_eq!(fs::read(m.path("f")).unwrap(), b"kept");
     assert!(m.log().contains("0 journal records replayed"), "{}", m.log());
+    assert!(!m.log().contains("not closed cleanly"), "a clean unmount needs no recovery flush: {}", m.log());
 }
 
 #[test]

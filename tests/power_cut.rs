@@ -88,6 +88,7 @@ fn data_written_before_kill_9_is_durable_after_the_next_fsync() {
     // The bytes are in the page cache of the segment files, not on the device.
     m.kill9();
     m.start().unwrap();
+    assert!(m.log().contains("not closed cleanly"), "{}", m.log());
     fs::File::open(m.path("big")).unwrap().sync_all().unwrap();
     let image = tmp.path().join("cut.img");
     lf.cut_power(&image);

@@ -431,6 +431,27 @@ pub fn replay(
     Ok(out)
 }
 
+/// Rewrites a format-2 journal file in format 1 (for tests of the upgrade).
+#[cfg(test)]
+pub(crate) fn rewrite_as_v1(path: &Path) {
+    let data = std::fs::read(path).unwrap();
+    let mut out = MAGIC_V1.to_vec();
+    out.extend_from_slice(&data[8..32]);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let mut pos = HEADER_LEN;
+    while pos < data.len() {
+        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        let mut body = data[pos + 4..pos + 12].to_vec();
+        body.extend_from_slice(&data[pos + RECORD_HEADER..pos + RECORD_HEADER + len]);
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        pos += RECORD_HEADER + len + RECORD_TRAILER;
+    }
+    std::fs::write(path, out).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

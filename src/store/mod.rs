@@ -279,21 +279,23 @@ impl Store {
     /// Notes in the lock file that the mount is over and the store is closing, so that a
     /// mount of the same store waits for it instead of being refused.
     pub fn mark_closing(&self) {
-        if let Err(e) = open::write_pid(&self._lock, true) {
+        if let Err(e) = open::write_pid(&self._lock, open::LockState::Closing) {
             log::warn!("cannot mark the store as closing in its lock file: {e}");
         }
     }
 
     /// Clean shutdown: all mapped data to disk, a final checkpoint.
+    /// Ends with `clean` in the lock file, which lets the next mount skip the recovery flush.
     pub fn close(&self) -> Result<()> {
         self.mark_closing();
+        self.usable()?;
         for seg in self.segments.iter().filter_map(|s| s.get()) {
-            seg.sync_range(0, self.sb.segment_size as usize)?;
+            seg.sync_range(0, self.sb.segment_size as usize).map_err(|e| self.failed_io("msync at close", e))?;
         }
         // Record times changed by data writes since their last journal record.
         self.checkpoint()?;
-        self.journal.sync()?;
-        Ok(())
+        self.sync_journal()?;
+        open::write_pid(&self._lock, open::LockState::Clean)
     }
 
     /// Gives the host space of large free runs back to the host filesystem (punched holes in

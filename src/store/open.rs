@@ -96,13 +96,37 @@ fn write_superblock(dir: &Path, sb: &Superblock) -> Result<()> {
 /// (it is writing its final checkpoint after `umount`) or not yet.
 const HOLDER_WAIT: Duration = Duration::from_secs(30);
 
-/// What the lock file says about its holder: its pid, and whether it is closing.
-fn holder(f: &mut File) -> (Option<u32>, bool) {
+/// What the lock file says about its (last) holder: `PID`, `PID closing` once its mount is
+/// over, `PID clean` once it has closed the store with everything durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockState {
+    Serving,
+    Closing,
+    Clean,
+}
+
+impl LockState {
+    fn word(self) -> &'static str {
+        match self {
+            LockState::Serving => "",
+            LockState::Closing => " closing",
+            LockState::Clean => " clean",
+        }
+    }
+}
+
+fn holder(f: &mut File) -> (Option<u32>, LockState) {
     let mut s = String::new();
     let _ = f.seek(std::io::SeekFrom::Start(0));
     let _ = f.read_to_string(&mut s);
     let mut words = s.split_whitespace();
-    (words.next().and_then(|p| p.parse().ok()), words.next() == Some("closing"))
+    let pid = words.next().and_then(|p| p.parse().ok());
+    let state = match words.next() {
+        Some("closing") => LockState::Closing,
+        Some("clean") => LockState::Clean,
+        _ => LockState::Serving,
+    };
+    (pid, state)
 }
 
 /// True if a mount in this namespace has `mmapfs:DIR` as its source (how `mount` names it).
@@ -119,7 +143,7 @@ fn serving_mount(dir: &Path) -> bool {
 /// Takes the store's lock file. A holder that serves a mount is refused at once with its pid;
 /// one that serves none (finishing after `umount`, or still starting) is waited for, up to
 /// [`HOLDER_WAIT`], so that `umount` followed at once by `mount` works.
-pub(crate) fn take_lock(dir: &Path) -> Result<File> {
+pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState)> {
     let mut f =
         std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("lock"))?;
     let started = Instant::now();
@@ -130,9 +154,11 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File> {
             if told {
                 log::info!("the previous holder let go of the store after {:?}", started.elapsed());
             }
-            return Ok(f);
+            let (_, last) = holder(&mut f);
+            return Ok((f, last));
         }
-        let (pid, closing) = holder(&mut f);
+        let (pid, state) = holder(&mut f);
+        let closing = state != LockState::Serving;
         if (!closing && serving_mount(dir)) || started.elapsed() > HOLDER_WAIT {
             return Err(Error::Locked { pid });
         }
@@ -146,12 +172,11 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File> {
     }
 }
 
-/// Records our pid in the lock file (with `closing` once the mount is over).
-pub(crate) fn write_pid(mut f: &File, closing: bool) -> Result<()> {
+/// Records our pid and state in the lock file.
+pub(crate) fn write_pid(mut f: &File, state: LockState) -> Result<()> {
     f.set_len(0)?;
     f.seek(std::io::SeekFrom::Start(0))?;
-    let state = if closing { " closing" } else { "" };
-    writeln!(f, "{}{state}", std::process::id())?;
+    writeln!(f, "{}{}", std::process::id(), state.word())?;
     Ok(())
 }
 
@@ -272,7 +297,7 @@ impl Store {
             format(dir, opts.format)?;
         }
         read_superblock(dir)?;
-        let lock_file = take_lock(dir)?;
+        let (lock_file, last_state) = take_lock(dir)?;
         let started = Instant::now();
         let Loaded { mut sb, table, next_ino, replayed, checkpointed, segments: count, alloc, debris } = load(dir)?;
         for path in &debris {
@@ -293,8 +318,13 @@ impl Store {
         }
         let meta_dir = dir.join("meta");
         let journal = journal::Journal::open(&meta_dir, sb.uuid, replayed.last, replayed.torn.as_ref())?;
-        for d in [&seg_dir, &meta_dir] {
-            syncfs(d)?;
+        // Unless the last holder closed the store with everything durable, acknowledged data
+        // and records may sit in the page cache only; no fsync would ever name them again.
+        if last_state != LockState::Clean {
+            log::info!("the store was not closed cleanly: making what the page cache holds of it durable");
+            for d in [&seg_dir, &meta_dir] {
+                syncfs(d)?;
+            }
         }
         let store = Store {
             dir: dir.to_path_buf(),
@@ -318,7 +348,7 @@ impl Store {
             counters: Counters::default(),
             _lock: lock_file,
         };
-        write_pid(&store._lock, false)?;
+        write_pid(&store._lock, LockState::Serving)?;
         store.free_orphans()?;
         log::info!(
             "opened store {}: {checkpointed} inodes in the checkpoint, {} journal records replayed, {count} segments, in {:?}",
