@@ -121,9 +121,10 @@ fn holder(f: &mut File) -> (Option<u32>, LockState) {
     let _ = f.read_to_string(&mut s);
     let mut words = s.split_whitespace();
     let pid = words.next().and_then(|p| p.parse().ok());
-    let state = match words.next() {
-        Some("closing") => LockState::Closing,
-        Some("clean") => LockState::Clean,
+    let state = match (pid, words.next()) {
+        // A new lock file: no daemon has served this store since it was formatted.
+        (None, _) | (_, Some("clean")) => LockState::Clean,
+        (_, Some("closing")) => LockState::Closing,
         _ => LockState::Serving,
     };
     (pid, state)
