@@ -81,6 +81,7 @@ fn statvfs_free(p: &std::path::Path) -> u64 {
     let c = common::cstr(p);
     // SAFETY: zeroed statvfs is a valid out-buffer; c is a valid path.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
     s.f_bfree * s.f_frsize
 }

@@ -207,6 +207,7 @@ fn statfs_reports_capacity_and_use() {
     let c = cstr(&m.mnt);
     // SAFETY: zeroed statvfs is a valid out-buffer.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
     assert_eq!(s.f_blocks * s.f_frsize, 256 << 20);
     assert_eq!(s.f_bfree, s.f_blocks);
@@ -237,6 +238,7 @@ impl StatFree for Mounted {
         let c = cstr(&self.mnt);
         // SAFETY: zeroed statvfs is a valid out-buffer.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
         s.f_bfree * s.f_frsize
     }

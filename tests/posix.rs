@@ -104,6 +104,7 @@ fn errname(e: i32) -> String {
 fn stat(p: &Path) -> Option<libc::stat> {
     // SAFETY: zeroed stat is a valid out-buffer; the path is a valid C string.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
     (unsafe { libc::lstat(c(p).as_ptr(), &mut st) } == 0).then_some(st)
 }
 
@@ -123,19 +124,23 @@ fn hard_links() {
         let (sf, sg) = (stat(&f).unwrap(), stat(&g).unwrap());
         t.push(format!("nlink {} {} same ino {}", sf.st_nlink, sg.st_nlink, sf.st_ino == sg.st_ino));
         t.push(format!("ctime moved {}", (sf.st_ctime, sf.st_ctime_nsec) > (before.st_ctime, before.st_ctime_nsec)));
+        // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
         t.push(format!("link onto existing: {}", rc(unsafe { libc::link(c(&f).as_ptr(), c(&g).as_ptr()) } as i64)));
         fs::create_dir(&d).unwrap();
         t.push(format!(
             "link a directory: {}",
+            // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
             rc(unsafe { libc::link(c(&d).as_ptr(), c(&root.join("d2")).as_ptr()) } as i64)
         ));
         t.push(format!(
             "link missing: {}",
+            // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
             rc(unsafe { libc::link(c(&root.join("nope")).as_ptr(), c(&root.join("x")).as_ptr()) } as i64)
         ));
         fs::remove_file(&f).unwrap();
         t.push(format!("other name reads {:?} nlink {}", fs::read(&g).unwrap(), stat(&g).unwrap().st_nlink));
         // Rename of one link onto the other is a no-op that keeps both.
+        // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
         unsafe { libc::link(c(&g).as_ptr(), c(&f).as_ptr()) };
         fs::rename(&f, &g).unwrap();
         t.push(format!("after rename onto own link: f {} g {}", stat(&f).is_some(), stat(&g).is_some()));
@@ -158,15 +163,18 @@ fn symlinks_and_special_files() {
         ));
         t.push(format!("readlink {:?}", fs::read_link(&s).unwrap()));
         let long = CString::new(target.clone()).unwrap();
+        // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
         t.push(format!("long symlink: {}", rc(unsafe { libc::symlink(long.as_ptr(), c(&l).as_ptr()) } as i64)));
         t.push(format!("long readlink len {}", fs::read_link(&l).map(|p| p.as_os_str().len()).unwrap_or(0)));
         let too_long = CString::new(target + "xx").unwrap();
         t.push(format!(
             "too long: {}",
+            // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
             rc(unsafe { libc::symlink(too_long.as_ptr(), c(&root.join("l2")).as_ptr()) } as i64)
         ));
         t.push(format!(
             "symlink onto existing: {}",
+            // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
             rc(unsafe { libc::symlink(long.as_ptr(), c(&s).as_ptr()) } as i64)
         ));
         for (name, mode, dev) in [
@@ -176,6 +184,7 @@ fn symlinks_and_special_files() {
             ("blk", libc::S_IFBLK | 0o600, libc::makedev(7, 0)),
         ] {
             let p = root.join(name);
+            // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
             let r = rc(unsafe { libc::mknod(c(&p).as_ptr(), mode, dev) } as i64);
             let st = stat(&p).unwrap();
             t.push(format!("mknod {name}: {r} mode {:o} rdev {:x}", st.st_mode, st.st_rdev));
@@ -261,13 +270,16 @@ fn extended_attributes() {
         // SAFETY: the buffer holds 1 byte.
         t.push(format!(
             "list short: {}",
+            // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
             rc(unsafe { libc::listxattr(cf.as_ptr(), list.as_mut_ptr().cast(), 1) } as i64)
         ));
         let n = CString::new("user.a").unwrap();
         // SAFETY: valid C strings.
         t.push(format!(
             "remove: {} again: {}",
+            // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
             rc(unsafe { libc::removexattr(cf.as_ptr(), n.as_ptr()) } as i64),
+            // SAFETY: a plain libc call on valid C strings and buffers that outlive it.
             rc(unsafe { libc::removexattr(cf.as_ptr(), n.as_ptr()) } as i64)
         ));
     });
