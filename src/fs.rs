@@ -120,18 +120,17 @@ impl MmapFs {
         f
     }
 
+    /// Runs a store call. A panic (a bug) becomes EIO for this request instead of taking down
+    /// the request loop (the panic hook logs its message), and marks the store failed as an
+    /// I/O error does: its state may be half changed, so nothing may claim success until a
+    /// remount rebuilds it from the journal.
+    fn call<T>(&self, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(self.store.request_panicked()))
+    }
+
     fn fh(&self) -> FileHandle {
         FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed))
     }
-}
-
-/// Runs a store call; a panic (a bug) becomes EIO for this request instead of taking down the
-/// request loop, and is logged with its message by the panic hook.
-fn call<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        log::error!("a request panicked; answering EIO");
-        Err(Error::Io(std::io::Error::from_raw_os_error(libc::EIO)))
-    })
 }
 
 /// The one place store errors become errnos.
@@ -148,7 +147,7 @@ fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
     if size == 0 {
         reply.size(v.len() as u32);
     } else if v.len() > size as usize {
-        reply.error(Errno::ERANGE);
+        reply.error(errno(&Error::Range));
     } else {
         reply.data(v);
     }
@@ -229,7 +228,7 @@ impl Filesystem for MmapFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _t = self.stats.time(Op::Lookup, 0);
-        match call(|| self.store.lookup(parent.0, name.as_bytes())) {
+        match self.call(|| self.store.lookup(parent.0, name.as_bytes())) {
             // A miss answered as node 0 with the entry timeout: the kernel keeps a negative
             // dentry, so the stat-then-create of a new name costs one LOOKUP, not two. Safe
             // for the same reason the positive timeouts are: every create comes through this
@@ -264,7 +263,7 @@ impl Filesystem for MmapFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _t = self.stats.time(Op::Getattr, 0);
-        match call(|| self.store.getattr(ino.0)) {
+        match self.call(|| self.store.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.cfg.attr_ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -302,7 +301,7 @@ impl Filesystem for MmapFs {
             ctime: ctime.map(Ts::from),
             kill_privs,
         };
-        match call(|| self.store.setattr(ino.0, s)) {
+        match self.call(|| self.store.setattr(ino.0, s)) {
             Ok(a) => reply.attr(&self.cfg.attr_ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -310,7 +309,7 @@ impl Filesystem for MmapFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _t = self.stats.time(Op::Readlink, 0);
-        match call(|| self.store.readlink(ino.0)) {
+        match self.call(|| self.store.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
@@ -328,37 +327,38 @@ impl Filesystem for MmapFs {
     ) {
         let _t = self.stats.time(Op::Mknod, 0);
         let Some(kind) = kind_of_mode(mode).filter(|k| !matches!(k, Kind::Dir | Kind::Symlink)) else {
-            return reply.error(Errno::EINVAL);
+            return reply.error(errno(&Error::Invalid));
         };
-        let r =
-            call(|| self.store.create(parent.0, name.as_bytes(), kind, mode as u16, req.uid(), req.gid(), rdev, b""));
+        let r = self
+            .call(|| self.store.create(parent.0, name.as_bytes(), kind, mode as u16, req.uid(), req.gid(), rdev, b""));
         self.entry(reply, r);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let _t = self.stats.time(Op::Mkdir, 0);
-        let r =
-            call(|| self.store.create(parent.0, name.as_bytes(), Kind::Dir, mode as u16, req.uid(), req.gid(), 0, b""));
+        let r = self.call(|| {
+            self.store.create(parent.0, name.as_bytes(), Kind::Dir, mode as u16, req.uid(), req.gid(), 0, b"")
+        });
         self.entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _t = self.stats.time(Op::Unlink, 0);
-        empty(reply, call(|| self.store.unlink(parent.0, name.as_bytes(), false)));
+        empty(reply, self.call(|| self.store.unlink(parent.0, name.as_bytes(), false)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _t = self.stats.time(Op::Rmdir, 0);
-        empty(reply, call(|| self.store.unlink(parent.0, name.as_bytes(), true)));
+        empty(reply, self.call(|| self.store.unlink(parent.0, name.as_bytes(), true)));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let _t = self.stats.time(Op::Symlink, 0);
         let t = target.as_os_str().as_bytes();
         if t.len() >= libc::PATH_MAX as usize {
-            return reply.error(Errno::ENAMETOOLONG);
+            return reply.error(errno(&Error::NameTooLong));
         }
-        let r = call(|| {
+        let r = self.call(|| {
             self.store.create(parent.0, link_name.as_bytes(), Kind::Symlink, 0o777, req.uid(), req.gid(), 0, t)
         });
         self.entry(reply, r);
@@ -376,21 +376,24 @@ impl Filesystem for MmapFs {
     ) {
         let _t = self.stats.time(Op::Rename, 0);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            return reply.error(Errno::EINVAL);
+            return reply.error(errno(&Error::Invalid));
         }
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             return empty(
                 reply,
-                call(|| self.store.exchange(parent.0, name.as_bytes(), newparent.0, newname.as_bytes())),
+                self.call(|| self.store.exchange(parent.0, name.as_bytes(), newparent.0, newname.as_bytes())),
             );
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        empty(reply, call(|| self.store.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), noreplace)));
+        empty(
+            reply,
+            self.call(|| self.store.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), noreplace)),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.stats.time(Op::Open, 0);
-        match call(|| self.store.open_file(ino.0)) {
+        match self.call(|| self.store.open_file(ino.0)) {
             Ok(_) => reply.opened(self.fh(), self.open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -407,7 +410,7 @@ impl Filesystem for MmapFs {
         reply: ReplyCreate,
     ) {
         let _t = self.stats.time(Op::Create, 0);
-        let r = call(|| {
+        let r = self.call(|| {
             let a =
                 self.store.create(parent.0, name.as_bytes(), Kind::File, mode as u16, req.uid(), req.gid(), 0, b"")?;
             self.store.open_file(a.ino)
@@ -437,7 +440,7 @@ impl Filesystem for MmapFs {
     ) {
         let _t = self.stats.time(Op::Read, u64::from(size));
         let mut reply = Some(reply);
-        let r = call(|| {
+        let r = self.call(|| {
             self.store.read(ino.0, offset, size, |bytes| {
                 if let Some(r) = reply.take() {
                     r.data(bytes);
@@ -462,7 +465,7 @@ impl Filesystem for MmapFs {
         reply: ReplyWrite,
     ) {
         let _t = self.stats.time(Op::Write, data.len() as u64);
-        let r = call(|| {
+        let r = self.call(|| {
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
                 self.kill_privs_for_write(ino)?;
             }
@@ -491,25 +494,25 @@ impl Filesystem for MmapFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.stats.time(Op::Release, 0);
-        empty(reply, call(|| self.store.release(ino.0)));
+        empty(reply, self.call(|| self.store.release(ino.0)));
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _t = self.stats.time(Op::Fsync, 0);
-        empty(reply, call(|| self.store.fsync(ino.0)));
+        empty(reply, self.call(|| self.store.fsync(ino.0)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match call(|| self.store.getattr(ino.0)) {
+        match self.call(|| self.store.getattr(ino.0)) {
             Ok(a) if a.kind == Kind::Dir => reply.opened(self.fh(), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
+            Ok(_) => reply.error(errno(&Error::NotDir)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _t = self.stats.time(Op::Readdir, 0);
-        let r = call(|| {
+        let r = self.call(|| {
             self.store.readdir(ino.0, offset, |ino, off, kind, name| {
                 reply.add(INodeNo(ino), off, file_type(kind), OsStr::from_bytes(name))
             })
@@ -522,7 +525,7 @@ impl Filesystem for MmapFs {
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _t = self.stats.time(Op::Fsyncdir, 0);
-        empty(reply, call(|| self.store.sync_journal()));
+        empty(reply, self.call(|| self.store.sync_journal()));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -542,7 +545,7 @@ impl Filesystem for MmapFs {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let _t = self.stats.time(Op::Link, 0);
-        self.entry(reply, call(|| self.store.link(ino.0, newparent.0, newname.as_bytes())));
+        self.entry(reply, self.call(|| self.store.link(ino.0, newparent.0, newname.as_bytes())));
     }
 
     fn setxattr(
@@ -557,13 +560,13 @@ impl Filesystem for MmapFs {
     ) {
         let _t = self.stats.time(Op::Xattr, value.len() as u64);
         let (create, replace) = (flags & libc::XATTR_CREATE != 0, flags & libc::XATTR_REPLACE != 0);
-        empty(reply, call(|| self.store.setxattr(ino.0, name.as_bytes(), value, create, replace)));
+        empty(reply, self.call(|| self.store.setxattr(ino.0, name.as_bytes(), value, create, replace)));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _t = self.stats.time(Op::Xattr, 0);
         let mut reply = Some(reply);
-        let r = call(|| {
+        let r = self.call(|| {
             self.store.getxattr(ino.0, name.as_bytes(), |v| {
                 if let Some(r) = reply.take() {
                     xattr_reply(r, size, v);
@@ -577,7 +580,7 @@ impl Filesystem for MmapFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _t = self.stats.time(Op::Xattr, 0);
-        match call(|| self.store.listxattr(ino.0)) {
+        match self.call(|| self.store.listxattr(ino.0)) {
             Ok(list) => xattr_reply(reply, size, &list),
             Err(e) => reply.error(errno(&e)),
         }
@@ -585,7 +588,7 @@ impl Filesystem for MmapFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _t = self.stats.time(Op::Xattr, 0);
-        empty(reply, call(|| self.store.removexattr(ino.0, name.as_bytes())));
+        empty(reply, self.call(|| self.store.removexattr(ino.0, name.as_bytes())));
     }
 
     fn fallocate(
@@ -599,7 +602,7 @@ impl Filesystem for MmapFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.stats.time(Op::Fallocate, length);
-        empty(reply, call(|| self.store.fallocate(ino.0, offset, length, mode)));
+        empty(reply, self.call(|| self.store.fallocate(ino.0, offset, length, mode)));
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
@@ -608,10 +611,10 @@ impl Filesystem for MmapFs {
         let data = match whence {
             libc::SEEK_DATA => true,
             libc::SEEK_HOLE => false,
-            _ => return reply.error(Errno::EINVAL),
+            _ => return reply.error(errno(&Error::Invalid)),
         };
-        let Ok(off) = u64::try_from(offset) else { return reply.error(Errno::ENXIO) };
-        match call(|| self.store.seek(ino.0, off, data)) {
+        let Ok(off) = u64::try_from(offset) else { return reply.error(errno(&Error::NoSuchOffset)) };
+        match self.call(|| self.store.seek(ino.0, off, data)) {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(&e)),
         }
@@ -633,7 +636,7 @@ impl Filesystem for MmapFs {
         let _t = self.stats.time(Op::CopyFileRange, len);
         // A reply counts at most u32::MAX bytes; the caller loops for the rest.
         let len = len.min(1 << 30);
-        match call(|| self.store.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)) {
+        match self.call(|| self.store.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -641,6 +644,6 @@ impl Filesystem for MmapFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // With default_permissions the kernel checks; this only confirms the inode exists.
-        empty(reply, call(|| self.store.getattr(ino.0)).map(|_| ()));
+        empty(reply, self.call(|| self.store.getattr(ino.0)).map(|_| ()));
     }
 }

@@ -132,3 +132,17 @@ fn a_malformed_fault_spec_is_refused() {
     let e = m.start().unwrap_err();
     assert!(e.contains("unknown fault point `fsync`"), "{e}");
 }
+
+/// A request that panics (a bug) is answered with EIO and leaves the store failed like an I/O
+/// error: its state may be half changed. The daemon keeps serving reads.
+#[test]
+fn a_panicking_request_marks_the_store_failed() {
+    let mut m = Mounted::with_env(&[], &[("MMAPFS_FAULTS", "write-panic=2")]);
+    fs::write(m.path("a"), b"before").unwrap();
+    let f = OpenOptions::new().write(true).open(m.path("a")).unwrap();
+    assert_eq!(errno(f.write_at(b"boom", 0)), Some(libc::EIO), "the request that panicked");
+    assert!(m.log().contains("injected panic"), "{}", m.log());
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"before", "reads still work");
+    assert_sticky(&m, "a");
+    remount_keeps(&mut m, &[("a", b"before")]);
+}

@@ -2,7 +2,7 @@
 
 /// Why a byte string could not be decoded.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Truncated;
+pub struct Malformed;
 
 /// Appends fixed-width little-endian fields to a buffer.
 #[derive(Default)]
@@ -39,30 +39,30 @@ pub struct Dec<'a> {
 }
 
 impl<'a> Dec<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         if self.buf.len() < n {
-            return Err(Truncated);
+            return Err(Malformed);
         }
         let (a, b) = self.buf.split_at(n);
         self.buf = b;
         Ok(a)
     }
-    pub fn u8(&mut self) -> Result<u8, Truncated> {
+    pub fn u8(&mut self) -> Result<u8, Malformed> {
         Ok(self.take(1)?[0])
     }
-    pub fn u16(&mut self) -> Result<u16, Truncated> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().map_err(|_| Truncated)?))
+    pub fn u16(&mut self) -> Result<u16, Malformed> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().map_err(|_| Malformed)?))
     }
-    pub fn u32(&mut self) -> Result<u32, Truncated> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Truncated)?))
+    pub fn u32(&mut self) -> Result<u32, Malformed> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?))
     }
-    pub fn u64(&mut self) -> Result<u64, Truncated> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Truncated)?))
+    pub fn u64(&mut self) -> Result<u64, Malformed> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Malformed)?))
     }
-    pub fn i64(&mut self) -> Result<i64, Truncated> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Truncated)?))
+    pub fn i64(&mut self) -> Result<i64, Malformed> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Malformed)?))
     }
-    pub fn bytes(&mut self) -> Result<&'a [u8], Truncated> {
+    pub fn bytes(&mut self) -> Result<&'a [u8], Malformed> {
         let n = self.u32()? as usize;
         self.take(n)
     }

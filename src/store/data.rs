@@ -4,10 +4,11 @@ use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 
 use super::alloc::{Allocator, Run};
+use super::faults;
 use super::meta::{self, Attr, Content, Extents, Inode, Kind, Op, Piece, Ts};
 use super::segment::Segment;
 use super::table::Node;
-use super::{Error, Ino, Result, Store, SyncPolicy, corrupt, lock, rd, wr, wr_live};
+use super::{Error, Ino, Result, Store, SyncPolicy, lock, rd, wr, wr_live};
 
 impl Store {
     fn seg(&self, idx: u64) -> &Segment {
@@ -164,6 +165,9 @@ impl Store {
         }
         // Plain overwrites too: after a failed msync their bytes might never reach the disk.
         self.usable()?;
+        if faults::check(faults::Point::WritePanic).is_err() {
+            panic!("injected panic in a write request");
+        }
         let node = self.node(ino)?;
         let bs = self.bs;
         let (first, last) = (off / bs, (end - 1) / bs + 1);
@@ -194,12 +198,12 @@ impl Store {
         }
         for op in &ops {
             match op {
-                Op::Map { .. } => meta::apply_map(&mut g, op).map_err(|e| Error::Corrupt(corrupt(e)))?,
+                Op::Map { .. } => meta::apply_map(&mut g, op)?,
                 _ => {
                     // Bytes between the old end of file and this write were never visible:
                     // they may be stale, so zero them before they become part of the file.
                     self.zero_tail(&mut g, old_size, off)?;
-                    meta::apply_setsize(&mut g, op, bs).map_err(|e| Error::Corrupt(corrupt(e)))?;
+                    meta::apply_setsize(&mut g, op, bs)?;
                 }
             }
         }
@@ -357,7 +361,7 @@ impl Store {
             }
             let op = Op::Punch { ino, logical: first, len: last.saturating_sub(first), time: now };
             self.append(std::slice::from_ref(&op))?;
-            let freed = meta::apply_punch(&mut g, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+            let freed = meta::apply_punch(&mut g, &op)?;
             drop(g);
             self.release_blocks(freed);
             return Ok(());
@@ -379,8 +383,7 @@ impl Store {
             match op {
                 Op::Map { .. } => meta::apply_map(&mut g, op),
                 _ => meta::apply_setsize(&mut g, op, bs).map(drop),
-            }
-            .map_err(|e| Error::Corrupt(corrupt(e)))?;
+            }?;
         }
         if !ops.is_empty() {
             self.append(&ops)?;
@@ -515,7 +518,7 @@ impl Store {
             self.zero_tail(&mut g, old, size)?;
         }
         self.append(std::slice::from_ref(&op))?;
-        let freed = meta::apply_setsize(&mut g, &op, self.bs).map_err(|e| Error::Corrupt(corrupt(e)))?;
+        let freed = meta::apply_setsize(&mut g, &op, self.bs)?;
         g.times_dirty = false;
         drop(g);
         self.release_blocks(freed);

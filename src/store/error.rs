@@ -57,6 +57,13 @@ impl From<io::Error> for Error {
     }
 }
 
+/// An op that cannot apply on the live path: the state in memory contradicts the journal.
+impl From<super::meta::Inconsistent> for Error {
+    fn from(e: super::meta::Inconsistent) -> Self {
+        Error::Corrupt(e.0)
+    }
+}
+
 impl Error {
     /// The errno a request that fails this way answers with.
     pub fn errno(&self) -> i32 {

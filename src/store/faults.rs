@@ -4,7 +4,8 @@
 //! segment range, segment creation, checkpoint write) asks [`check`] first. Nothing is armed
 //! unless the daemon was started with `MMAPFS_FAULTS`, e.g. `MMAPFS_FAULTS=msync=3,journal-write=10`:
 //! the 3rd msync and the 10th journal append fail once with `EIO`, exactly as a failing device
-//! would make them fail. Unarmed, a check is one relaxed atomic load.
+//! would make them fail (`write-panic=N` makes the N-th write request panic instead, as a bug
+//! would). Unarmed, a check is one relaxed atomic load.
 //!
 //! A tiny module of our own rather than the `fail` crate: that crate's points are compiled in
 //! only with a cargo feature (the tests drive the release-like binary `cargo test` builds) and
@@ -27,14 +28,17 @@ pub(crate) enum Point {
     SegmentCreate,
     /// Writing a checkpoint.
     CheckpointWrite,
+    /// A data write request panics (a bug in the store, as the adapter meets it).
+    WritePanic,
 }
 
-const POINTS: [(Point, &str); 5] = [
+const POINTS: [(Point, &str); 6] = [
     (Point::JournalWrite, "journal-write"),
     (Point::JournalSync, "journal-sync"),
     (Point::Msync, "msync"),
     (Point::SegmentCreate, "segment-create"),
     (Point::CheckpointWrite, "checkpoint-write"),
+    (Point::WritePanic, "write-panic"),
 ];
 
 struct Armed {
@@ -94,11 +98,11 @@ mod tests {
     #[test]
     fn spec_parsing() {
         let a = parse("msync=3,journal-write=10").unwrap();
-        assert_eq!(a.fail_at, [10, 0, 3, 0, 0]);
+        assert_eq!(a.fail_at, [10, 0, 3, 0, 0, 0]);
         let err = |s: &str| parse(s).err().expect("an error");
         assert!(err("msync").contains("point=N"));
         assert!(err("fsync=1").contains("unknown fault point `fsync`"));
         assert!(err("msync=x").contains("call number"));
-        assert_eq!(parse("").unwrap().fail_at, [0; 5]);
+        assert_eq!(parse("").unwrap().fail_at, [0; 6]);
     }
 }

@@ -176,10 +176,6 @@ fn wr_live(node: &Node) -> Result<RwLockWriteGuard<'_, Inode>> {
     Ok(g)
 }
 
-fn corrupt(m: meta::Inconsistent) -> String {
-    m.0
-}
-
 impl Store {
     /// The store directory.
     pub fn dir(&self) -> &Path {
@@ -230,6 +226,12 @@ impl Store {
         Error::Io(e)
     }
 
+    /// A request panicked inside the store: handled like an I/O failure (see
+    /// [`Store::failed_io`]). Returns the error for that request.
+    pub fn request_panicked(&self) -> Error {
+        self.failed_io("a request (it panicked)", std::io::Error::from_raw_os_error(libc::EIO))
+    }
+
     /// Appends one journal record (the failure is sticky, see [`Store::failed_io`]).
     fn append(&self, ops: &[Op]) -> Result<()> {
         self.usable()?;
@@ -265,7 +267,7 @@ impl Store {
             let live: Vec<_> = nodes.iter().map(|n| rd(n)).filter(|g| !g.freed).collect();
             let mut e = checkpoint::begin(&self.sb.uuid, seq, self.next_ino.load(Ordering::Relaxed), live.len() as u64);
             for g in &live {
-                meta::encode_inode(&mut e, g);
+                checkpoint::encode_inode(&mut e, g);
             }
             (e, seq, live.len())
         };

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::meta::{self, Attr, Content, Kind, Op, Ts};
-use super::{Error, Ino, NAME_MAX, ROOT, Result, SetAttr, Store, corrupt, lock, rd, wr, wr_live};
+use super::{Error, Ino, NAME_MAX, ROOT, Result, SetAttr, Store, lock, rd, wr, wr_live};
 
 /// A name a directory may hold: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
 fn check_name(name: &[u8]) -> Result<()> {
@@ -118,7 +118,7 @@ impl Store {
             target: target.to_vec(),
         };
         self.append(std::slice::from_ref(&op))?;
-        meta::apply_create(&mut p, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+        meta::apply_create(&mut p, &op)?;
         let mut child = meta::created_inode(&op);
         child.lookups = 1;
         let attr = child.stat();
@@ -156,7 +156,7 @@ impl Store {
                 ops.push(Op::Free { ino: ent.ino });
             }
             self.append(&ops)?;
-            meta::apply_unlink_dir(&mut p, name, time).map_err(|e| Error::Corrupt(corrupt(e)))?;
+            meta::apply_unlink_dir(&mut p, name, time)?;
             meta::apply_unlink_child(&mut c, time);
             if ops.len() == 2 {
                 let freed = meta::apply_free(&mut c);
@@ -228,8 +228,7 @@ impl Store {
             let mut pg = wr(&pn);
             let mut npg = if newparent != parent { Some(wr(&npn)) } else { None };
             let mut mg = wr(&mn);
-            meta::apply_rename(&mut pg, npg.as_deref_mut(), &mut mg, rg.as_deref_mut(), &ops[0])
-                .map_err(|e| Error::Corrupt(corrupt(e)))?;
+            meta::apply_rename(&mut pg, npg.as_deref_mut(), &mut mg, rg.as_deref_mut(), &ops[0])?;
             if ops.len() == 2 {
                 let r = rg.as_mut().expect("replaced inode is locked");
                 let freed = meta::apply_free(r);
@@ -267,7 +266,7 @@ impl Store {
             }
             let op = Op::Link { ino, parent: newparent, name: newname.to_vec(), time: Ts::now() };
             self.append(std::slice::from_ref(&op))?;
-            meta::apply_link(&mut p, &mut c, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+            meta::apply_link(&mut p, &mut c, &op)?;
             c.lookups += 1;
             let attr = c.stat();
             drop((c, p));
@@ -304,8 +303,7 @@ impl Store {
             let (pn, npn, an, bn) = (self.node(parent)?, self.node(newparent)?, self.node(a.ino)?, self.node(b.ino)?);
             let mut pg = wr(&pn);
             let mut npg = if newparent != parent { Some(wr(&npn)) } else { None };
-            meta::apply_exchange(&mut pg, npg.as_deref_mut(), &mut wr(&an), &mut wr(&bn), &op)
-                .map_err(|e| Error::Corrupt(corrupt(e)))?;
+            meta::apply_exchange(&mut pg, npg.as_deref_mut(), &mut wr(&an), &mut wr(&bn), &op)?;
         }
         self.maybe_checkpoint();
         Ok(())
@@ -352,7 +350,7 @@ impl Store {
         }
         let op = Op::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), time: Ts::now() };
         self.append(std::slice::from_ref(&op))?;
-        meta::apply_xattr(&mut n, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+        meta::apply_xattr(&mut n, &op)?;
         drop(n);
         drop(_g);
         self.maybe_checkpoint();
@@ -393,7 +391,7 @@ impl Store {
         }
         let op = Op::RemoveXattr { ino, name: name.to_vec(), time: Ts::now() };
         self.append(std::slice::from_ref(&op))?;
-        meta::apply_xattr(&mut n, &op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+        meta::apply_xattr(&mut n, &op)?;
         Ok(())
     }
 
@@ -470,7 +468,7 @@ impl Store {
         ops.push(op);
         self.append(&ops)?;
         for op in &ops[..ops.len() - 1] {
-            meta::apply_xattr(&mut n, op).map_err(|e| Error::Corrupt(corrupt(e)))?;
+            meta::apply_xattr(&mut n, op)?;
         }
         let op = &ops[ops.len() - 1];
         meta::apply_setattr(&mut n, op);

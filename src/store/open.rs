@@ -55,7 +55,7 @@ pub fn format(dir: &Path, opts: FormatOptions) -> Result<()> {
         Content::Dir(Box::new(Dir::new(ROOT))),
     );
     let mut e = checkpoint::begin(&sb.uuid, 0, ROOT + 1, 1);
-    meta::encode_inode(&mut e, &root);
+    checkpoint::encode_inode(&mut e, &root);
     checkpoint::install(&dir.join("meta"), e)?;
     // The superblock last: a directory without one is not a store yet.
     write_superblock(dir, &sb)?;
