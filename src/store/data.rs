@@ -1,17 +1,16 @@
 //! File data of the store: read, write, truncate, fsync, open and release.
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
 
 use super::alloc::{Allocator, Run};
 use super::faults;
 use super::meta::{self, Attr, Content, Extents, Inode, Kind, Op, Piece, Ts};
 use super::segment::Segment;
 use super::table::Node;
-use super::{Error, Ino, Result, Store, SyncPolicy, lock, rd, wr, wr_live};
+use super::{Error, Ino, Result, Store, lock, rd, wr, wr_live};
 
 impl Store {
-    fn seg(&self, idx: u64) -> &Segment {
+    pub(super) fn seg(&self, idx: u64) -> &Segment {
         // Extents only name blocks of segments that exist (checked at mount, made before use).
         self.segments[idx as usize].get().expect("extent in a segment that exists")
     }
@@ -75,7 +74,7 @@ impl Store {
     }
 
     /// Journals mtime/ctime that data writes changed since they were last journaled.
-    fn journal_times(&self, ino: Ino, node: &Node) -> Result<()> {
+    pub(super) fn journal_times(&self, ino: Ino, node: &Node) -> Result<()> {
         if !rd(node).times_dirty {
             return Ok(());
         }
@@ -524,119 +523,6 @@ impl Store {
         self.release_blocks(freed);
         drop(_gate);
         self.maybe_checkpoint();
-        Ok(())
-    }
-
-    /// fsync/fdatasync: msync(MS_SYNC) of exactly the file's dirty ranges, then a durable
-    /// journal. A failed msync is sticky: every later fsync fails too.
-    pub fn fsync(&self, ino: Ino) -> Result<()> {
-        self.usable()?;
-        if self.sync_policy == SyncPolicy::None {
-            return Ok(());
-        }
-        let node = self.node(ino)?;
-        self.journal_times(ino, &node)?;
-        // Read before the dirty runs are taken: a reclaim that punches any of them meanwhile
-        // (they may have been freed) must keep them from being marked settled below.
-        let punches = self.punches.load(Ordering::Acquire);
-        let mut runs = wr(&node).take_dirty();
-        runs.sort_unstable_by_key(|r| r.start);
-        let mut merged: Vec<Run> = Vec::with_capacity(runs.len());
-        for r in runs {
-            match merged.last_mut() {
-                Some(m) if m.start + m.len >= r.start => m.len = m.len.max(r.start + r.len - m.start),
-                _ => merged.push(r),
-            }
-        }
-        let started = std::time::Instant::now();
-        let bs = self.bs;
-        // The file's dirty ranges, split at segment boundaries, in segment order.
-        let mut pieces: Vec<(u64, usize, usize)> = Vec::with_capacity(merged.len());
-        let ss = self.sb.segment_size;
-        for r in &merged {
-            let (mut at, end) = (r.start * bs, (r.start + r.len) * bs);
-            while at < end {
-                let n = (end - at).min(ss - at % ss);
-                pieces.push((at / ss, (at % ss) as usize, n as usize));
-                at += n;
-            }
-        }
-        // A journal commit and device cache flush per msync would dominate many scattered
-        // ranges (each is a device cache flush at least). On ext4 and XFS (`batch_sync`):
-        // 1. start writeback of every range of every segment (all the I/O in flight at once);
-        // 2. segments whose ranges are all "settled" (their blocks were written and that was
-        //    committed before: an overwrite there needs no metadata) only wait for it;
-        // 3. every other segment waits for all but its last range and msyncs that one
-        //    (MS_SYNC): its journal commit covers the segment's metadata (unwritten-extent
-        //    conversions), and its cache flush every write that completed before — including
-        //    those of step 2; the ranges are settled from then on;
-        // 4. if step 3 had nothing to do, one device cache flush is still owed: a forced
-        //    journal fdatasync (which `--sync full` pays anyway) or, under `--sync data`, an
-        //    msync of the last range.
-        // Elsewhere every range gets its own msync. The pread backend has no mapping: its
-        // step 3 is one fdatasync per segment.
-        let seg_io = |r: std::io::Result<()>| -> Result<()> { r.map_err(|e| self.failed_io("msync", e)) };
-        // Pieces of one segment are adjacent: (first, last) index pairs, one per segment.
-        let mut groups: Vec<(usize, usize)> = Vec::new();
-        for (i, p) in pieces.iter().enumerate() {
-            match groups.last_mut() {
-                Some(g) if pieces[g.1].0 == p.0 => g.1 = i,
-                _ => groups.push((i, i)),
-            }
-        }
-        // Decided once: a group another fsync settles meanwhile must still be waited for here.
-        let settled: Vec<bool> = groups
-            .iter()
-            .map(|&(f, l)| self.batch_sync && pieces[f..=l].iter().all(|&(s, o, n)| self.seg(s).settled(o, n)))
-            .collect();
-        let mut calls = 0u64;
-        let mut flushed = groups.is_empty();
-        if self.batch_sync {
-            for &(s, o, l) in &pieces {
-                seg_io(self.seg(s).start_writeback(o, l))?;
-            }
-            for (g, _) in groups.iter().zip(&settled).filter(|(_, s)| **s) {
-                let (lo, hi) = (pieces[g.0].1, pieces[g.1].1 + pieces[g.1].2);
-                seg_io(self.seg(pieces[g.0].0).wait_written(lo, hi - lo))?;
-            }
-        }
-        for (&(first, last), _) in groups.iter().zip(&settled).filter(|(_, s)| !**s) {
-            let seg = self.seg(pieces[first].0);
-            if last > first && !seg.syncs_whole_file() {
-                if self.batch_sync {
-                    let (lo, hi) = (pieces[first].1, pieces[last - 1].1 + pieces[last - 1].2);
-                    seg_io(seg.wait_written(lo, hi - lo))?;
-                } else {
-                    for &(_, o, l) in &pieces[first..last] {
-                        calls += 1;
-                        seg_io(seg.sync_range(o, l))?;
-                    }
-                }
-            }
-            calls += 1;
-            seg_io(seg.sync_range(pieces[last].1, pieces[last].2))?;
-            flushed = true;
-            if self.batch_sync && self.punches.load(Ordering::Acquire) == punches {
-                for &(_, o, l) in &pieces[first..=last] {
-                    seg.mark_settled(o, l);
-                }
-            }
-        }
-        let force_journal = !flushed && self.sync_policy == SyncPolicy::Full;
-        if !flushed && !force_journal {
-            let &(s, o, l) = pieces.last().expect("groups are not empty");
-            calls += 1;
-            seg_io(self.seg(s).sync_range(o, l))?;
-        }
-        let c = &self.counters;
-        c.msync_calls.fetch_add(calls, Ordering::Relaxed);
-        c.msync_bytes.fetch_add(merged.iter().map(|r| r.len * bs).sum(), Ordering::Relaxed);
-        c.msync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if force_journal {
-            self.journal.sync_forced().map_err(|e| self.failed_io("journal sync", e))?;
-        } else if self.sync_policy == SyncPolicy::Full {
-            self.sync_journal()?;
-        }
         Ok(())
     }
 

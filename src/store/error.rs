@@ -1,4 +1,5 @@
-//! The store's error type: request errors (each one errno) and open-time refusals.
+//! The store's errors: [`Error`] for requests (each one errno), [`OpenError`] for the
+//! refusals of opening or formatting a store (each a message for the user).
 
 use std::fmt;
 use std::io;
@@ -41,15 +42,73 @@ pub enum Error {
     NoSuchOffset,
     /// An I/O error of the store's own files; also sticky after a failed msync (EIO).
     Io(io::Error),
+    /// The state in memory contradicts an op just journaled: a bug (EIO).
+    Inconsistent(String),
+}
+
+/// Why a store could not be opened or formatted. Nothing in the directory was changed.
+#[derive(Debug)]
+pub enum OpenError {
     /// The directory is not an mmapfs store.
     NotAStore(PathBuf, String),
-    /// A store of another format version.
+    /// A store of a format version this build does not read.
     Version(u32),
-    /// The store's files are damaged; mounting is refused.
+    /// The store's files are damaged.
     Corrupt(String),
+    /// Format options that make no store (segment size, capacity).
+    Geometry(String),
     /// Another daemon has the store mounted.
     Locked { pid: Option<u32> },
+    /// Reading or writing the store's files failed.
+    Io(io::Error),
 }
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Io(e)
+    }
+}
+
+impl From<super::journal::ReplayError> for OpenError {
+    fn from(e: super::journal::ReplayError) -> Self {
+        match e {
+            super::journal::ReplayError::Io(e) => OpenError::Io(e),
+            super::journal::ReplayError::Corrupt(m) => OpenError::Corrupt(m),
+        }
+    }
+}
+
+/// A request-level failure while opening (freeing orphans): an I/O error of the store.
+impl From<Error> for OpenError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(e) => OpenError::Io(e),
+            Error::Inconsistent(m) => OpenError::Corrupt(m),
+            other => OpenError::Io(io::Error::from_raw_os_error(other.errno())),
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::NotAStore(p, why) => write!(f, "{} is not an mmapfs store: {why}", p.display()),
+            OpenError::Version(v) => write!(
+                f,
+                "the store has format version {v}; this mmapfs reads versions {} to {}",
+                super::superblock::OLDEST,
+                super::superblock::VERSION
+            ),
+            OpenError::Corrupt(m) => write!(f, "the store is damaged: {m}"),
+            OpenError::Geometry(m) => write!(f, "invalid store geometry: {m}"),
+            OpenError::Locked { pid: Some(pid) } => write!(f, "the store is already mounted by pid {pid}"),
+            OpenError::Locked { pid: None } => write!(f, "the store is already mounted by another process"),
+            OpenError::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
@@ -60,7 +119,7 @@ impl From<io::Error> for Error {
 /// An op that cannot apply on the live path: the state in memory contradicts the journal.
 impl From<super::meta::Inconsistent> for Error {
     fn from(e: super::meta::Inconsistent) -> Self {
-        Error::Corrupt(e.0)
+        Error::Inconsistent(e.0)
     }
 }
 
@@ -94,13 +153,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io(e) => write!(f, "I/O error: {e}"),
-            Error::NotAStore(p, why) => write!(f, "{} is not an mmapfs store: {why}", p.display()),
-            Error::Version(v) => {
-                write!(f, "the store has format version {v}; this mmapfs reads version {}", super::superblock::VERSION)
-            }
-            Error::Corrupt(m) => write!(f, "the store is damaged: {m}"),
-            Error::Locked { pid: Some(pid) } => write!(f, "the store is already mounted by pid {pid}"),
-            Error::Locked { pid: None } => write!(f, "the store is already mounted by another process"),
+            Error::Inconsistent(m) => write!(f, "the store's state contradicts its journal: {m}"),
             other => write!(f, "{}", io::Error::from_raw_os_error(other.errno())),
         }
     }

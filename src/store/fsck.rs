@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::meta::{Content, Kind};
 use super::open::load;
-use super::{Error, Ino, ROOT, rd};
+use super::{Ino, OpenError, ROOT, rd};
 
 /// What `fsck` found.
 #[derive(Debug, Default, Serialize)]
@@ -64,7 +64,7 @@ pub fn check(dir: &Path) -> Result<Report, CannotRun> {
     }
     let l = match load(dir) {
         Ok(l) => l,
-        Err(Error::Corrupt(m)) => {
+        Err(OpenError::Corrupt(m)) => {
             r.problems.push(m);
             return Ok(r);
         }

@@ -20,6 +20,7 @@ mod namespace;
 mod open;
 mod segment;
 pub mod superblock;
+mod sync;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -30,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use alloc::{Allocator, Run};
-pub use error::{Error, Result};
+pub use error::{Error, OpenError, Result};
 pub use meta::{Ino, ROOT};
 use meta::{Inode, Op, Ts};
 pub use open::{format, read_superblock};
@@ -297,7 +298,7 @@ impl Store {
         // Record times changed by data writes since their last journal record.
         self.checkpoint()?;
         self.sync_journal()?;
-        open::write_pid(&self._lock, open::LockState::Clean)
+        Ok(open::write_pid(&self._lock, open::LockState::Clean)?)
     }
 
     /// Gives the host space of large free runs back to the host filesystem (punched holes in

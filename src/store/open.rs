@@ -11,14 +11,15 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use super::alloc::{Allocator, Run};
+use super::error::OpenError;
 use super::meta::{self, Attr, Content, Dir, Inode, Kind, Op, Ts};
 use super::segment::Segment;
 use super::superblock::{self, Superblock};
 use super::table::{Node, Table};
-use super::{Counters, Error, FormatOptions, Ino, OpenOptions, ROOT, Result, Store, checkpoint, journal, rd, wr};
+use super::{Counters, FormatOptions, Ino, OpenOptions, ROOT, Result, Store, checkpoint, journal, rd, wr};
 
 /// Creates a new, empty store in `dir` (which must not exist or be empty).
-pub fn format(dir: &Path, opts: FormatOptions) -> Result<()> {
+pub fn format(dir: &Path, opts: FormatOptions) -> Result<(), OpenError> {
     let sb = Superblock {
         version: superblock::VERSION,
         block_size: superblock::page_size() as u32,
@@ -26,10 +27,10 @@ pub fn format(dir: &Path, opts: FormatOptions) -> Result<()> {
         segment_size: opts.segment_size,
         capacity: opts.capacity / opts.segment_size.max(1) * opts.segment_size.max(1),
     };
-    sb.validate().map_err(|m| Error::Corrupt(format!("bad geometry: {m}")))?;
+    sb.validate().map_err(OpenError::Geometry)?;
     std::fs::create_dir_all(dir)?;
     if std::fs::read_dir(dir)?.next().is_some() {
-        return Err(Error::NotAStore(dir.into(), "the directory is not empty; refusing to format it".into()));
+        return Err(OpenError::NotAStore(dir.into(), "the directory is not empty; refusing to format it".into()));
     }
     std::fs::create_dir(dir.join("segments"))?;
     std::fs::create_dir(dir.join("meta"))?;
@@ -64,25 +65,25 @@ pub fn format(dir: &Path, opts: FormatOptions) -> Result<()> {
 }
 
 /// Reads and checks the superblock of `dir`.
-pub fn read_superblock(dir: &Path) -> Result<Superblock> {
+pub fn read_superblock(dir: &Path) -> Result<Superblock, OpenError> {
     let data = match std::fs::read(dir.join("superblock")) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::NotAStore(dir.into(), "it has no superblock file".into()));
+            return Err(OpenError::NotAStore(dir.into(), "it has no superblock file".into()));
         }
         Err(e) => return Err(e.into()),
     };
     Superblock::decode(&data).map_err(|e| match e {
         superblock::SuperblockError::Foreign => {
-            Error::NotAStore(dir.into(), "the superblock has no mmapfs magic".into())
+            OpenError::NotAStore(dir.into(), "the superblock has no mmapfs magic".into())
         }
-        superblock::SuperblockError::Version(v) => Error::Version(v),
-        superblock::SuperblockError::Corrupt(m) => Error::Corrupt(format!("superblock: {m}")),
+        superblock::SuperblockError::Version(v) => OpenError::Version(v),
+        superblock::SuperblockError::Corrupt(m) => OpenError::Corrupt(format!("superblock: {m}")),
     })
 }
 
 /// Writes the superblock atomically (temporary file, synced, renamed, directory synced).
-fn write_superblock(dir: &Path, sb: &Superblock) -> Result<()> {
+fn write_superblock(dir: &Path, sb: &Superblock) -> Result<(), OpenError> {
     let tmp = dir.join("superblock.tmp");
     let mut f = File::create(&tmp)?;
     f.write_all(&sb.encode())?;
@@ -144,7 +145,7 @@ fn serving_mount(dir: &Path) -> bool {
 /// Takes the store's lock file. A holder that serves a mount is refused at once with its pid;
 /// one that serves none (finishing after `umount`, or still starting) is waited for, up to
 /// [`HOLDER_WAIT`], so that `umount` followed at once by `mount` works.
-pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState)> {
+pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState), OpenError> {
     let mut f =
         std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("lock"))?;
     let started = Instant::now();
@@ -161,7 +162,7 @@ pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState)> {
         let (pid, state) = holder(&mut f);
         let closing = state != LockState::Serving;
         if (!closing && serving_mount(dir)) || started.elapsed() > HOLDER_WAIT {
-            return Err(Error::Locked { pid });
+            return Err(OpenError::Locked { pid });
         }
         if !told {
             let what = if closing { "is finishing its unmount" } else { "serves no mount (yet)" };
@@ -174,7 +175,7 @@ pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState)> {
 }
 
 /// Records our pid and state in the lock file.
-pub(crate) fn write_pid(mut f: &File, state: LockState) -> Result<()> {
+pub(crate) fn write_pid(mut f: &File, state: LockState) -> std::io::Result<()> {
     f.set_len(0)?;
     f.seek(std::io::SeekFrom::Start(0))?;
     writeln!(f, "{}{}", std::process::id(), state.word())?;
@@ -196,19 +197,19 @@ pub(crate) struct Loaded {
     pub debris: Vec<PathBuf>,
 }
 
-fn corrupt_at(path: &Path, m: impl std::fmt::Display) -> Error {
-    Error::Corrupt(format!("{}: {m}", path.display()))
+fn corrupt_at(path: &Path, m: impl std::fmt::Display) -> OpenError {
+    OpenError::Corrupt(format!("{}: {m}", path.display()))
 }
 
 /// Reads and verifies everything a mount needs (superblock, segment files, checkpoint,
 /// journal, extent maps) without changing any file: a damaged store is refused as it is.
-pub(crate) fn load(dir: &Path) -> Result<Loaded> {
+pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
     let sb = read_superblock(dir)?;
     let seg_dir = dir.join("segments");
     let meta_dir = dir.join("meta");
     for d in [&seg_dir, &meta_dir] {
         if !d.is_dir() {
-            return Err(Error::Corrupt(format!("{} is missing", d.display())));
+            return Err(OpenError::Corrupt(format!("{} is missing", d.display())));
         }
     }
     let mut debris = Vec::new();
@@ -229,7 +230,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded> {
     }
     let count = names.len() as u64;
     if count > sb.max_segments() {
-        return Err(Error::Corrupt(format!("{count} segments, capacity allows {}", sb.max_segments())));
+        return Err(OpenError::Corrupt(format!("{count} segments, capacity allows {}", sb.max_segments())));
     }
     for i in 0..count {
         let path = seg_dir.join(format!("{i:06}.seg"));
@@ -240,13 +241,13 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded> {
     }
     // Metadata: checkpoint, then the journal after it.
     let snap = checkpoint::load(&meta_dir, &sb.uuid)
-        .map_err(Error::Corrupt)?
-        .ok_or_else(|| Error::Corrupt("meta/checkpoint is missing".into()))?;
+        .map_err(OpenError::Corrupt)?
+        .ok_or_else(|| OpenError::Corrupt("meta/checkpoint is missing".into()))?;
     let table = Table::new();
     let checkpointed = snap.inodes.len();
     for inode in snap.inodes {
         if table.get(inode.attr.ino).is_some() {
-            return Err(Error::Corrupt(format!("checkpoint: inode {} twice", inode.attr.ino)));
+            return Err(OpenError::Corrupt(format!("checkpoint: inode {} twice", inode.attr.ino)));
         }
         table.insert(inode);
     }
@@ -257,26 +258,25 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded> {
             replay_op(&table, op, bs, &mut next_ino)?;
         }
         Ok(())
-    })
-    .map_err(|e| match e {
-        journal::ReplayError::Io(e) => Error::Io(e),
-        journal::ReplayError::Corrupt(m) => Error::Corrupt(m),
     })?;
     if table.get(ROOT).is_none() {
-        return Err(Error::Corrupt("the root directory is missing".into()));
+        return Err(OpenError::Corrupt("the root directory is missing".into()));
     }
     // Free space is whatever no extent uses; this also proves no block is owned twice.
     let mut used = Vec::new();
     for node in table.nodes() {
         if node.ino >= next_ino {
-            return Err(Error::Corrupt(format!("inode {} is at or past the next inode number {next_ino}", node.ino)));
+            return Err(OpenError::Corrupt(format!(
+                "inode {} is at or past the next inode number {next_ino}",
+                node.ino
+            )));
         }
         if let Some(x) = rd(&node).extents() {
             used.extend(x.iter().map(|e| Run { start: e.phys, len: e.len }));
         }
     }
     let alloc = Allocator::from_used(sb.blocks_per_segment(), count, used)
-        .map_err(|e| Error::Corrupt(format!("extent map: {e:?}")))?;
+        .map_err(|e| OpenError::Corrupt(format!("extent map: {e:?}")))?;
     Ok(Loaded { sb, table, next_ino, replayed, checkpointed, segments: count, alloc, debris })
 }
 
@@ -288,7 +288,7 @@ impl Store {
     /// rewritten as format 2, and — because a daemon killed before may have left acknowledged
     /// data and records in the page cache only — every segment and the journal made durable
     /// before the first request, so that a later fsync's promise covers them too.
-    pub fn open(dir: &Path, opts: OpenOptions) -> Result<Store> {
+    pub fn open(dir: &Path, opts: OpenOptions) -> Result<Store, OpenError> {
         let fresh = match std::fs::read_dir(dir) {
             Ok(mut it) => it.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -388,7 +388,7 @@ impl Store {
 /// Makes everything written to the filesystem holding `dir` durable (`syncfs`): after an
 /// unclean shutdown the segments and journal may hold acknowledged bytes in the page cache
 /// only, and nothing else would ever flush them.
-fn syncfs(dir: &Path) -> Result<()> {
+fn syncfs(dir: &Path) -> Result<(), OpenError> {
     let f = File::open(dir)?;
     // SAFETY: a plain syscall on an fd we own; no memory is passed.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
