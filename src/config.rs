@@ -154,17 +154,10 @@ impl MountConfig {
         if self.fs.writeback_cache && self.fs.direct_io {
             return Err("writeback_cache and direct_io exclude each other".into());
         }
-        let f = self.store_opts.format;
         if self.store_opts.journal_limit < 4096 {
             return Err("--journal-limit must be at least 4K".into());
         }
-        if f.segment_size == 0 || !f.segment_size.is_multiple_of(4096) {
-            return Err(format!("--segment-size {}: must be a positive multiple of 4K", f.segment_size));
-        }
-        if f.capacity < f.segment_size {
-            return Err(format!("--capacity {} is smaller than one segment ({})", f.capacity, f.segment_size));
-        }
-        Ok(())
+        self.store_opts.format.validate().map_err(|m| format!("invalid store geometry: {m}"))
     }
 }
 

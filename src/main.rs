@@ -39,28 +39,28 @@ enum Cmd {
         #[arg(long, value_name = "SIZE")]
         max_write: Option<String>,
         /// Segment size for a store created by this mount
-        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
-        segment_size: u64,
+        #[arg(long, value_name = "SIZE", default_value_t = Size(FormatOptions::default().segment_size))]
+        segment_size: Size,
         /// Capacity for a store created by this mount
-        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16G")]
-        capacity: u64,
+        #[arg(long, value_name = "SIZE", default_value_t = Size(FormatOptions::default().capacity))]
+        capacity: Size,
         /// Journal size that triggers a checkpoint (bounds mount time)
-        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "32M")]
-        journal_limit: u64,
+        #[arg(long, value_name = "SIZE", default_value_t = Size(OpenOptions::default().journal_limit))]
+        journal_limit: Size,
         /// How the daemon reaches file data: its segment mappings, or pread/pwrite on the
         /// segment files (fsync is then fdatasync)
-        #[arg(long, value_enum, default_value = "mmap")]
+        #[arg(long, value_enum, default_value_t = Tuning::default().backend.into())]
         backend: BackendArg,
         /// madvise() on the segment mappings; with `random` the daemon reads ahead exactly
         /// the ranges requests touch (the default: keeps page-cache folios small, so a
         /// scattered write costs one page of writeback at fsync)
-        #[arg(long, value_enum, default_value = "random")]
+        #[arg(long, value_enum, default_value_t = AdviceArg::of(Tuning::default().advice))]
         madvise: AdviceArg,
         /// Pre-fault the segment mappings (MAP_POPULATE)
         #[arg(long)]
         populate: bool,
         /// What fsync does: full (data + metadata), data (data only), none (UNSAFE: nothing)
-        #[arg(long, value_enum, default_value = "full")]
+        #[arg(long, value_enum, default_value_t = SyncPolicy::default().into())]
         sync: SyncArg,
     },
     /// Show the counters of a running daemon (or the last ones of a stopped one).
@@ -84,11 +84,11 @@ enum Cmd {
     Format {
         dir: PathBuf,
         /// Size of each segment file
-        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
-        segment_size: u64,
+        #[arg(long, value_name = "SIZE", default_value_t = Size(FormatOptions::default().segment_size))]
+        segment_size: Size,
         /// Most file data the store will hold
-        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16G")]
-        capacity: u64,
+        #[arg(long, value_name = "SIZE", default_value_t = Size(FormatOptions::default().capacity))]
+        capacity: Size,
     },
 }
 
@@ -98,7 +98,7 @@ enum BackendArg {
     Pread,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum AdviceArg {
     Normal,
     Random,
@@ -114,12 +114,92 @@ enum SyncArg {
     None,
 }
 
+/// A size on the command line: parsed like `64M`, shown the same way in `--help`.
+#[derive(Clone, Copy, Debug)]
+struct Size(u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        parse_size(s).map(Size)
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = [(40, "T"), (30, "G"), (20, "M"), (10, "K")]
+            .into_iter()
+            .find(|&(b, _)| self.0 >= 1 << b && self.0 % (1 << b) == 0);
+        match unit {
+            Some((b, u)) => write!(f, "{}{u}", self.0 >> b),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Backend {
+        match b {
+            BackendArg::Mmap => Backend::Mmap,
+            BackendArg::Pread => Backend::Pread,
+        }
+    }
+}
+
+impl From<Backend> for BackendArg {
+    fn from(b: Backend) -> BackendArg {
+        match b {
+            Backend::Mmap => BackendArg::Mmap,
+            Backend::Pread => BackendArg::Pread,
+        }
+    }
+}
+
+impl AdviceArg {
+    const ALL: [(AdviceArg, memmap2::Advice); 5] = [
+        (AdviceArg::Normal, memmap2::Advice::Normal),
+        (AdviceArg::Random, memmap2::Advice::Random),
+        (AdviceArg::Sequential, memmap2::Advice::Sequential),
+        (AdviceArg::Willneed, memmap2::Advice::WillNeed),
+        (AdviceArg::Hugepage, memmap2::Advice::HugePage),
+    ];
+
+    fn advice(self) -> memmap2::Advice {
+        Self::ALL.iter().find(|(a, _)| *a == self).expect("every advice is listed").1
+    }
+
+    fn of(advice: memmap2::Advice) -> AdviceArg {
+        Self::ALL.iter().find(|(_, m)| *m == advice).map_or(AdviceArg::Normal, |(a, _)| *a)
+    }
+}
+
+impl From<SyncArg> for SyncPolicy {
+    fn from(s: SyncArg) -> SyncPolicy {
+        match s {
+            SyncArg::Full => SyncPolicy::Full,
+            SyncArg::Data => SyncPolicy::Data,
+            SyncArg::None => SyncPolicy::None,
+        }
+    }
+}
+
+impl From<SyncPolicy> for SyncArg {
+    fn from(s: SyncPolicy) -> SyncArg {
+        match s {
+            SyncPolicy::Full => SyncArg::Full,
+            SyncPolicy::Data => SyncArg::Data,
+            SyncPolicy::None => SyncArg::None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Format { dir, segment_size, capacity } => {
-            store::format(&dir, FormatOptions { segment_size, capacity }).map_err(|e| e.to_string())
+            store::format(&dir, FormatOptions { segment_size: segment_size.0, capacity: capacity.0 })
+                .map_err(|e| e.to_string())
         }
         Cmd::Stats { path, json } => show_stats(&path.unwrap_or_else(default_store), json),
         Cmd::Fsck { store, json } => return fsck(&store.unwrap_or_else(default_store), json),
@@ -138,27 +218,13 @@ fn main() -> ExitCode {
             sync,
         } => {
             let mut cfg = MountConfig::new(store.unwrap_or_else(default_store), mountpoint);
-            let tuning = Tuning {
-                backend: match backend {
-                    BackendArg::Mmap => Backend::Mmap,
-                    BackendArg::Pread => Backend::Pread,
-                },
-                advice: match madvise {
-                    AdviceArg::Normal => memmap2::Advice::Normal,
-                    AdviceArg::Random => memmap2::Advice::Random,
-                    AdviceArg::Sequential => memmap2::Advice::Sequential,
-                    AdviceArg::Willneed => memmap2::Advice::WillNeed,
-                    AdviceArg::Hugepage => memmap2::Advice::HugePage,
-                },
-                populate,
+            let tuning = Tuning { backend: backend.into(), advice: madvise.advice(), populate };
+            cfg.store_opts = OpenOptions {
+                format: FormatOptions { segment_size: segment_size.0, capacity: capacity.0 },
+                journal_limit: journal_limit.0,
+                tuning,
+                sync: sync.into(),
             };
-            let sync = match sync {
-                SyncArg::Full => SyncPolicy::Full,
-                SyncArg::Data => SyncPolicy::Data,
-                SyncArg::None => SyncPolicy::None,
-            };
-            cfg.store_opts =
-                OpenOptions { format: FormatOptions { segment_size, capacity }, journal_limit, tuning, sync };
             if let Some(t) = threads {
                 cfg.threads = t;
             }

@@ -240,7 +240,8 @@ fn bad_cli_input_is_refused() {
         (&["-o", "frobnicate"], "unknown mount option"),
         (&["--threads", "0"], "--threads"),
         (&["--capacity", "lots"], "bad size"),
-        (&["--segment-size", "1000"], "multiple of 4K"),
+        (&["--segment-size", "1000"], "invalid store geometry: segment size 1000 must be a positive multiple of 4096"),
+        (&["--capacity", "1M"], "invalid store geometry: capacity"),
         (&["-o", "writeback_cache,direct_io"], "exclude each other"),
     ];
     for (extra, want) in cases {
@@ -248,6 +249,17 @@ fn bad_cli_input_is_refused() {
         args.extend(extra.iter().map(OsStr::new));
         let (ok, err) = run(&args);
         assert!(!ok && err.contains(want), "{extra:?}: {err}");
+        assert!(!store.exists(), "{extra:?} created the store");
+    }
+    // `mmapfs format` refuses the same geometry with the same message, creating nothing.
+    for (extra, want) in [
+        (["--segment-size", "1000"], "invalid store geometry: segment size 1000"),
+        (["--capacity", "1M"], "invalid store geometry: capacity"),
+    ] {
+        let mut args = vec![OsStr::new("format"), store.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
+        let (ok, err) = run(&args);
+        assert!(!ok && err.contains(want) && !err.contains("damaged"), "{extra:?}: {err}");
         assert!(!store.exists(), "{extra:?} created the store");
     }
     // A store inside the mountpoint would deadlock the daemon on itself.

@@ -52,6 +52,26 @@ pub struct FormatOptions {
     pub capacity: u64,
 }
 
+impl FormatOptions {
+    /// Checks the geometry as the superblock will: `mmapfs format` and a mount that creates a
+    /// store refuse the same options with the same message.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.superblock([0; 16]).validate()
+    }
+
+    /// The superblock of a store formatted with these options (capacity rounded down to
+    /// whole segments).
+    fn superblock(&self, uuid: [u8; 16]) -> Superblock {
+        Superblock {
+            version: superblock::VERSION,
+            block_size: superblock::page_size() as u32,
+            uuid,
+            segment_size: self.segment_size,
+            capacity: self.capacity / self.segment_size.max(1) * self.segment_size.max(1),
+        }
+    }
+}
+
 impl Default for FormatOptions {
     fn default() -> Self {
         FormatOptions { segment_size: 64 << 20, capacity: 16 << 30 }

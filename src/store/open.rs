@@ -20,14 +20,8 @@ use super::{Counters, FormatOptions, Ino, OpenOptions, ROOT, Result, Store, chec
 
 /// Creates a new, empty store in `dir` (which must not exist or be empty).
 pub fn format(dir: &Path, opts: FormatOptions) -> Result<(), OpenError> {
-    let sb = Superblock {
-        version: superblock::VERSION,
-        block_size: superblock::page_size() as u32,
-        uuid: superblock::random_uuid()?,
-        segment_size: opts.segment_size,
-        capacity: opts.capacity / opts.segment_size.max(1) * opts.segment_size.max(1),
-    };
-    sb.validate().map_err(OpenError::Geometry)?;
+    opts.validate().map_err(OpenError::Geometry)?;
+    let sb = opts.superblock(superblock::random_uuid()?);
     std::fs::create_dir_all(dir)?;
     if std::fs::read_dir(dir)?.next().is_some() {
         return Err(OpenError::NotAStore(dir.into(), "the directory is not empty; refusing to format it".into()));
