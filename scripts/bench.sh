@@ -15,6 +15,8 @@ FILES=${FILES:-20000}
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib.sh
+. "$ROOT/scripts/lib.sh"
 
 if [ "$(id -u)" != 0 ]; then
     echo "bench.sh mounts tmpfs and drops page caches: run it as root" >&2
@@ -31,9 +33,7 @@ WORK=$(mktemp -d /var/tmp/mmapfs-bench.XXXXXX)
 DAEMON=
 cleanup() {
     if [ -n "$DAEMON" ]; then kill -TERM "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; fi
-    for m in "$WORK/mmapfs" "$WORK/tmpfs"; do
-        mountpoint -q "$m" && umount -l "$m"
-    done
+    unmount_quietly "$WORK/mmapfs" "$WORK/tmpfs"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -43,8 +43,7 @@ mount -t tmpfs -o size=8G tmpfs "$WORK/tmpfs"
 EXT_FS=$(stat -f -c %T "$WORK/ext4")
 "$BIN" mount --store "$WORK/store" "$WORK/mmapfs" >"$WORK/daemon.log" 2>&1 &
 DAEMON=$!
-for _ in $(seq 100); do mountpoint -q "$WORK/mmapfs" && break; sleep 0.1; done
-mountpoint -q "$WORK/mmapfs" || { cat "$WORK/daemon.log"; exit 1; }
+wait_mounted "$WORK/mmapfs" "$DAEMON" 10 || { cat "$WORK/daemon.log"; exit 1; }
 
 TARGETS=(tmpfs ext4 mmapfs)
 RESULTS=$WORK/results.tsv

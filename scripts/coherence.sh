@@ -18,6 +18,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib.sh
+. "$ROOT/scripts/lib.sh"
 FSX_OPS=${FSX_OPS:-100000}
 FSX_SEED=${FSX_SEED:-20261127}
 LARGE=${LARGE:-256M}
@@ -33,9 +35,13 @@ to_bytes() { numfmt --from=iec "$1"; }
 LARGE_BYTES=$(to_bytes "$LARGE")
 RANDOM_SEED=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
 
-SCENARIOS=(shared-two-process write-vs-mapping fork-shared private-cow truncate-mapped mtime-after-msync
-    many-writers store-write-race durability-write durability-msync durability-fsync durability-fdatasync large-file
-    fsx-fixed-seed fsx-random-seed)
+# The scenario names come from the binary (listed once, there); fsx runs twice, with a fixed
+# and with a random seed.
+mapfile -t LISTED < <("$COHERENCE_BIN" --list)
+SCENARIOS=()
+for s in "${LISTED[@]}"; do
+    if [ "$s" = fsx ]; then SCENARIOS+=(fsx-fixed-seed fsx-random-seed); else SCENARIOS+=("$s"); fi
+done
 
 WORK=$(mktemp -d /var/tmp/mmapfs-coherence.XXXXXX)
 CGROUP=/sys/fs/cgroup/memory/mmapfs-coherence-$$
@@ -46,9 +52,7 @@ cleanup() {
         [ -f "$s/lock" ] && kill -TERM "$(cat "$s/lock" 2>/dev/null)" 2>/dev/null
     done
     sleep 0.5
-    for m in "$WORK"/mnt-* "$WORK/tmpfs"; do
-        mountpoint -q "$m" 2>/dev/null && umount -l "$m"
-    done
+    unmount_quietly "$WORK"/mnt-* "$WORK/tmpfs"
     [ -d "$CGROUP" ] && rmdir "$CGROUP" 2>/dev/null
     rm -rf "$WORK"
 }
@@ -112,7 +116,7 @@ mount_mmapfs() {
     mkdir -p "$MNT"
     "$MMAPFS_BIN" mount --store "$STORE" "$MNT" --segment-size 16M --capacity 8G "$@" >"$STORE.log" 2>&1 &
     disown # scenarios kill and restart it; no job notices
-    for _ in $(seq 200); do mountpoint -q "$MNT" && return 0; sleep 0.05; done
+    wait_mounted "$MNT" "" 10 && return 0
     echo "mmapfs ($mode) did not mount:" >&2
     cat "$STORE.log" >&2
     return 1
@@ -123,7 +127,7 @@ unmount_mmapfs() {
     pid=$(cat "$STORE/lock" 2>/dev/null)
     [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
     for _ in $(seq 200); do mountpoint -q "$MNT" || break; sleep 0.05; done
-    mountpoint -q "$MNT" && umount -l "$MNT"
+    unmount_quietly "$MNT"
 }
 
 # The reference.

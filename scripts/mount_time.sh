@@ -12,6 +12,8 @@ set -euo pipefail
 OPS=${OPS:-1000000}
 WORKERS=${WORKERS:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib.sh
+. "$ROOT/scripts/lib.sh"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 BIN=$ROOT/target/release/mmapfs
 WORK=$(mktemp -d /var/tmp/mmapfs-mount-time.XXXXXX)
@@ -20,7 +22,7 @@ MNT=$WORK/mnt
 DAEMON=
 cleanup() {
     if [ -n "$DAEMON" ]; then kill -TERM "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; fi
-    mountpoint -q "$MNT" && umount -l "$MNT"
+    unmount_quietly "$MNT"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -30,10 +32,7 @@ start() { # sets DAEMON, and T to the seconds until the mount is live
     t0=$(date +%s.%N)
     "$BIN" mount --store "$STORE" "$MNT" >>"$WORK/daemon.log" 2>&1 &
     DAEMON=$!
-    until mountpoint -q "$MNT"; do
-        kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/daemon.log"; exit 1; }
-        sleep 0.005
-    done
+    wait_mounted "$MNT" "$DAEMON" 600 || { cat "$WORK/daemon.log"; exit 1; }
     t1=$(date +%s.%N)
     T=$(python3 -c "print(f'{$t1 - $t0:.3f}')")
 }

@@ -5,3 +5,4 @@ pub mod fs;
 pub mod rng;
 pub mod stats;
 pub mod store;
+pub mod testing;

@@ -129,7 +129,7 @@ impl std::fmt::Display for Size {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let unit = [(40, "T"), (30, "G"), (20, "M"), (10, "K")]
             .into_iter()
-            .find(|&(b, _)| self.0 >= 1 << b && self.0 % (1 << b) == 0);
+            .find(|&(b, _)| self.0 >= 1 << b && self.0.is_multiple_of(1 << b));
         match unit {
             Some((b, u)) => write!(f, "{}{u}", self.0 >> b),
             None => write!(f, "{}", self.0),

@@ -23,7 +23,11 @@ fn coherence_suite_passes_in_every_mode() {
     // Every mmapfs cell is a pass (the crash scenarios too: the suite mounts mmapfs itself),
     // except the documented limit of writeback_cache (unsynced writes die with the daemon).
     let rows: Vec<&str> = stdout.lines().skip(1).take_while(|l| !l.starts_with("fsx seeds")).collect();
-    assert_eq!(rows.len(), 15, "one row per scenario:\n{stdout}");
+    // One row per scenario the binary lists, fsx twice (a fixed and a random seed).
+    let listed = Command::new(env!("CARGO_BIN_EXE_mmapfs-coherence")).arg("--list").output().unwrap();
+    let scenarios = String::from_utf8_lossy(&listed.stdout).lines().count();
+    assert!(scenarios >= 14, "{scenarios} scenarios listed");
+    assert_eq!(rows.len(), scenarios + 1, "one row per scenario:\n{stdout}");
     for line in rows {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert!(!cells.contains(&"FAIL"), "{line}");

@@ -9,68 +9,22 @@ mod common;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::io::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Mounted;
+use mmapfs::testing::Mapping;
 
 const LEN: usize = 1 << 20;
 
-/// A shared read-write mapping of a whole file.
-struct Map {
-    ptr: *mut u8,
-    len: usize,
+/// A shared read-write mapping (the suite's one wrapper, `mmapfs::testing::Mapping`).
+fn map(file: &std::fs::File, len: usize) -> Mapping {
+    Mapping::new(file, len, true).expect("mmap")
 }
 
-impl Map {
-    fn new(file: &std::fs::File, len: usize) -> Map {
-        // SAFETY: mapping a file we hold open; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        Map { ptr: ptr.cast(), len }
-    }
-    fn store(&self, off: usize, v: u64) {
-        assert!(off + 8 <= self.len);
-        // SAFETY: in bounds of a live mapping; volatile because another process changes it.
-        unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u64>(), v) }
-    }
-    fn load(&self, off: usize) -> u64 {
-        assert!(off + 8 <= self.len);
-        // SAFETY: as above.
-        unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u64>()) }
-    }
-    /// Waits until the word at `off` holds `v`.
-    fn wait_for(&self, off: usize, v: u64) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.load(off) == v {
-                return true;
-            }
-            std::thread::yield_now();
-        }
-        false
-    }
-    fn msync(&self) {
-        // SAFETY: the whole live mapping.
-        assert_eq!(unsafe { libc::msync(self.ptr.cast(), self.len, libc::MS_SYNC) }, 0);
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+/// Waits until the word at `off` holds `v`.
+fn wait_for(m: &Mapping, off: usize, v: u64) -> bool {
+    m.wait_for(off, v, Duration::from_secs(10))
 }
 
 /// The helper side: maps the file, answers each of the parent's stores with its own.
@@ -78,14 +32,14 @@ impl Drop for Map {
 fn helper_process() {
     let Ok(path) = std::env::var("MMAPFS_HELPER") else { return };
     let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let map = Map::new(&f, LEN);
+    let map = map(&f, LEN);
     for round in 1..=100u64 {
         // Wait for the parent's value in page 0, answer in page 100 (another page).
-        assert!(map.wait_for(0, round), "helper: round {round} never arrived");
+        assert!(wait_for(&map, 0, round), "helper: round {round} never arrived");
         map.store(100 * 4096 + 8, round * 1000);
     }
     // Also check what the parent wrote with pwrite is visible through this mapping.
-    assert!(map.wait_for(4096 * 7, 0xfeed_beef), "helper: pwrite not visible in mapping");
+    assert!(wait_for(&map, 4096 * 7, 0xfeed_beef), "helper: pwrite not visible in mapping");
 }
 
 fn spawn_helper(path: &std::path::Path) -> std::process::Child {
@@ -124,11 +78,11 @@ fn coherence(args: &[&str]) {
     let p = m.path("shared");
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
     f.set_len(LEN as u64).unwrap();
-    let map = Map::new(&f, LEN);
+    let map = map(&f, LEN);
     let mut child = spawn_helper(&p);
     for round in 1..=100u64 {
         map.store(0, round);
-        assert!(map.wait_for(100 * 4096 + 8, round * 1000), "round {round}: helper's store not seen");
+        assert!(wait_for(&map, 100 * 4096 + 8, round * 1000), "round {round}: helper's store not seen");
     }
     // pwrite through a descriptor reaches the other process's mapping.
     f.write_all_at(&0xfeed_beefu64.to_ne_bytes(), 4096 * 7).unwrap();
@@ -141,7 +95,7 @@ fn coherence(args: &[&str]) {
     g.read_exact_at(&mut b, 4096 * 3 + 16).unwrap();
     assert_eq!(u64::from_ne_bytes(b), 0x1122_3344_5566_7788);
     // Durable through msync + fsync, and back after a remount.
-    map.msync();
+    map.msync().unwrap();
     f.sync_all().unwrap();
     drop(map);
     drop((f, g));
@@ -159,13 +113,13 @@ fn mapped_stores_update_mtime_once_written_back() {
     let p = m.path("m");
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
     f.set_len(LEN as u64).unwrap();
-    let map = Map::new(&f, LEN);
+    let map = map(&f, LEN);
     map.store(8, 1);
-    map.msync();
+    map.msync().unwrap();
     let before = fs::metadata(&p).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     map.store(4096 * 9, 2);
-    map.msync();
+    map.msync().unwrap();
     // Attributes may be cached for the TTL; poll briefly.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {

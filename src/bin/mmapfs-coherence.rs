@@ -5,18 +5,17 @@
 //! not apply here (the crash scenarios need a daemon to kill; see `--daemon`).
 //! `scripts/coherence.sh` runs them all, in every mode, side by side with tmpfs.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use clap::builder::PossibleValuesParser;
 use mmapfs::rng::Rng;
+use mmapfs::testing::{Mapping, lazy_umount, wait_mounted};
 
 const PAGE: usize = 4096;
 
@@ -24,7 +23,7 @@ type Outcome = Result<(), String>;
 
 /// How to crash and restart the mmapfs daemon that serves DIR (for the durability scenarios
 /// and the exerciser's remounts): `--daemon BIN,STORE[,MOUNT ARGS…]`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Daemon {
     bin: PathBuf,
     store: PathBuf,
@@ -40,8 +39,47 @@ struct Opts {
     remount_every: u64,
 }
 
+/// The scenarios of the mmap coherence suite, run against any directory.
+#[derive(Parser)]
+#[command(name = "mmapfs-coherence", about)]
+struct Cli {
+    /// Print the scenario names, one per line, and exit
+    #[arg(long, exclusive = true)]
+    list: bool,
+    /// The scenario to run
+    #[arg(required_unless_present = "list", value_parser = PossibleValuesParser::new(SCENARIOS.iter().map(|s| s.0)))]
+    scenario: Option<String>,
+    /// The directory to run it in (a mounted mmapfs, tmpfs, ext4, …)
+    #[arg(required_unless_present = "list")]
+    dir: Option<PathBuf>,
+    /// How to crash and restart the mmapfs daemon serving DIR: BIN,STORE[,MOUNT ARGS…]
+    #[arg(long, value_name = "BIN,STORE[,ARGS…]", value_parser = parse_daemon)]
+    daemon: Option<Daemon>,
+    /// Seed of the randomized scenarios [default: from the clock, printed]
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Operations of the fsx exerciser
+    #[arg(long, default_value_t = 100_000)]
+    ops: u64,
+    /// Bytes of the large-file scenario
+    #[arg(long, default_value_t = 256 << 20)]
+    size: u64,
+    /// fsx remounts the daemon every N operations (0: never)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    remount_every: u64,
+}
+
+fn parse_daemon(v: &str) -> Result<Daemon, String> {
+    let mut parts = v.split(',').map(str::to_string);
+    let (Some(bin), Some(store)) = (parts.next(), parts.next()) else {
+        return Err("expected BIN,STORE[,ARGS…]".into());
+    };
+    Ok(Daemon { bin: bin.into(), store: store.into(), args: parts.collect() })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    // Internal: this program run again as the other process of a scenario.
     if args.len() >= 2 && args[1] == "helper" {
         return match helper(&args[2..]) {
             Ok(()) => ExitCode::SUCCESS,
@@ -51,43 +89,30 @@ fn main() -> ExitCode {
             }
         };
     }
-    if args.len() < 3 {
-        eprintln!(
-            "usage: mmapfs-coherence SCENARIO DIR [--daemon BIN,STORE[,ARGS…]] [--seed N] [--ops N] [--size BYTES] [--remount-every N]"
-        );
-        eprintln!("scenarios: {}", SCENARIOS.iter().map(|s| s.0).collect::<Vec<_>>().join(" "));
-        return ExitCode::from(2);
-    }
-    let mut o =
-        Opts { dir: PathBuf::from(&args[2]), daemon: None, seed: 0, ops: 100_000, size: 256 << 20, remount_every: 0 };
-    let mut i = 3;
-    while i + 1 < args.len() + 1 && i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--daemon" => {
-                let mut parts = v.split(',').map(str::to_string);
-                let (Some(bin), Some(store)) = (parts.next(), parts.next()) else {
-                    eprintln!("--daemon BIN,STORE[,ARGS…]");
-                    return ExitCode::from(2);
-                };
-                o.daemon = Some(Daemon { bin: bin.into(), store: store.into(), args: parts.collect() });
-            }
-            "--seed" => o.seed = v.parse().unwrap_or(0),
-            "--ops" => o.ops = v.parse().unwrap_or(o.ops),
-            "--size" => o.size = v.parse().unwrap_or(o.size),
-            "--remount-every" => o.remount_every = v.parse().unwrap_or(0),
-            other => {
-                eprintln!("unknown option {other}");
-                return ExitCode::from(2);
-            }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
-        i += 2;
-    }
-    let Some((_, run)) = SCENARIOS.iter().find(|s| s.0 == args[1]) else {
-        eprintln!("unknown scenario {}", args[1]);
-        return ExitCode::from(2);
     };
-    let work = o.dir.join(format!(".coherence-{}-{}", args[1], std::process::id()));
+    if cli.list {
+        for (name, _) in SCENARIOS {
+            println!("{name}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let (Some(name), Some(dir)) = (cli.scenario, cli.dir) else { return ExitCode::from(2) };
+    let o = Opts {
+        dir,
+        daemon: cli.daemon,
+        seed: cli.seed,
+        ops: cli.ops,
+        size: cli.size,
+        remount_every: cli.remount_every,
+    };
+    let run = SCENARIOS.iter().find(|s| s.0 == name).expect("clap checked the name").1;
+    let work = o.dir.join(format!(".coherence-{name}-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&work) {
         eprintln!("cannot create {}: {e}", work.display());
         return ExitCode::FAILURE;
@@ -98,7 +123,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e == NOT_APPLICABLE => ExitCode::from(2),
         Err(e) => {
-            eprintln!("FAIL {}: {e}", args[1]);
+            eprintln!("FAIL {name}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -142,66 +167,13 @@ fn open_rw(p: &Path, create: bool) -> Result<File, String> {
     )
 }
 
-/// A mapping of a file; unmapped on drop.
-struct Map {
-    ptr: *mut u8,
-    len: usize,
+/// Maps `len` bytes of `f` (see [`Mapping`] for why nothing borrows the mapped bytes).
+fn map_file(f: &File, len: usize, shared: bool) -> Result<Mapping, String> {
+    io(Mapping::new(f, len, shared), "mmap")
 }
 
-impl Map {
-    fn new(f: &File, len: usize, shared: bool) -> Result<Map, String> {
-        let flags = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
-        // SAFETY: mapping a file we hold open; the result is checked before use.
-        let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, f.as_raw_fd(), 0)
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        Ok(Map { ptr: p.cast(), len })
-    }
-    fn store(&self, off: usize, v: u64) {
-        assert!(off.is_multiple_of(8) && off + 8 <= self.len);
-        // SAFETY: aligned and in bounds of a live mapping; volatile because others change it.
-        unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u64>(), v) }
-    }
-    fn load(&self, off: usize) -> u64 {
-        assert!(off.is_multiple_of(8) && off + 8 <= self.len);
-        // SAFETY: as in `store`.
-        unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u64>()) }
-    }
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping is live for `len` bytes while `self` is borrowed. Other
-        // processes may store into it; callers only compare snapshots.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-    fn copy_in(&self, off: usize, data: &[u8]) {
-        assert!(off + data.len() <= self.len);
-        // SAFETY: in bounds of a live, writable mapping.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) }
-    }
-    fn msync(&self) -> Outcome {
-        // SAFETY: the whole live mapping.
-        let r = unsafe { libc::msync(self.ptr.cast(), self.len, libc::MS_SYNC) };
-        check(r == 0, || format!("msync: {}", std::io::Error::last_os_error()))
-    }
-    fn wait_for(&self, off: usize, v: u64, secs: u64) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if self.load(off) == v {
-                return true;
-            }
-            std::thread::yield_now();
-        }
-        false
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+fn msync(m: &Mapping) -> Outcome {
+    io(m.msync(), "msync")
 }
 
 /// Runs this program as a helper process: `helper KIND ARGS…`.
@@ -231,9 +203,9 @@ fn helper(args: &[String]) -> Outcome {
         // Maps the file and answers each of the parent's 100 stores with its own.
         "echo" => {
             let f = open_rw(path, false)?;
-            let m = Map::new(&f, 1 << 20, true)?;
+            let m = map_file(&f, 1 << 20, true)?;
             for round in 1..=100u64 {
-                check(m.wait_for(0, round, 10), || format!("round {round} never arrived"))?;
+                check(m.wait_for(0, round, Duration::from_secs(10)), || format!("round {round} never arrived"))?;
                 m.store(100 * PAGE + 8, round * 1000);
             }
             Ok(())
@@ -255,7 +227,7 @@ fn helper(args: &[String]) -> Outcome {
         "map-read" => {
             let off: usize = args[2].parse().map_err(|_| "offset")?;
             let f = open_rw(path, false)?;
-            let m = Map::new(&f, PAGE * 4, true)?;
+            let m = map_file(&f, PAGE * 4, true)?;
             println!("{}", m.load(off));
             Ok(())
         }
@@ -264,7 +236,7 @@ fn helper(args: &[String]) -> Outcome {
             let id: usize = args[2].parse().map_err(|_| "id")?;
             let pages: usize = args[3].parse().map_err(|_| "pages")?;
             let f = open_rw(path, false)?;
-            let m = Map::new(&f, pages * 16 * PAGE, true)?;
+            let m = map_file(&f, pages * 16 * PAGE, true)?;
             for round in 0..200u64 {
                 for p in 0..pages {
                     let base = (id * pages + p) * PAGE;
@@ -299,11 +271,11 @@ fn shared_two_process(_: &Opts, w: &Path) -> Outcome {
     let p = w.join("shared");
     let f = open_rw(&p, true)?;
     io(f.set_len(1 << 20), "set_len")?;
-    let m = Map::new(&f, 1 << 20, true)?;
+    let m = map_file(&f, 1 << 20, true)?;
     let child = spawn_helper(&["echo", p.to_str().unwrap_or("")])?;
     for round in 1..=100u64 {
         m.store(0, round);
-        check(m.wait_for(100 * PAGE + 8, round * 1000, 10), || {
+        check(m.wait_for(100 * PAGE + 8, round * 1000, Duration::from_secs(10)), || {
             format!("round {round}: the other process's store never arrived")
         })?;
     }
@@ -318,7 +290,7 @@ fn write_vs_mapping(_: &Opts, w: &Path) -> Outcome {
     let ps = p.to_str().unwrap_or("");
     let f = open_rw(&p, true)?;
     io(f.set_len(16 * PAGE as u64), "set_len")?;
-    let m = Map::new(&f, 16 * PAGE, true)?;
+    let m = map_file(&f, 16 * PAGE, true)?;
     m.load(0); // fault the page in before the other process writes
     wait_helper(spawn_helper(&["pwrite", ps, "8192", "4242"])?, 10)?;
     check(m.load(8192) == 4242, || format!("pwrite from another process not in the mapping: {}", m.load(8192)))?;
@@ -336,7 +308,7 @@ fn write_vs_mapping(_: &Opts, w: &Path) -> Outcome {
 fn fork_shared(_: &Opts, w: &Path) -> Outcome {
     let f = open_rw(&w.join("zero"), true)?;
     io(f.set_len(PAGE as u64), "set_len")?;
-    let m = Map::new(&f, PAGE, true)?;
+    let m = map_file(&f, PAGE, true)?;
     // SAFETY: the child only touches the mapping, formats into a stack buffer and _exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -352,14 +324,14 @@ fn fork_shared(_: &Opts, w: &Path) -> Outcome {
             m.copy_in(8, msg.as_bytes());
             m.store(0, t + 1);
         } else {
-            if !m.wait_for(0, t + 1, 10) {
+            if !m.wait_for(0, t + 1, Duration::from_secs(10)) {
                 ok = false;
                 break;
             }
             let want = format!("{} says {t:02}", if is_child { "parent" } else { "child " });
-            let text = &m.bytes()[8..8 + want.len()];
+            let text = m.read(8, want.len());
             if !is_child {
-                println!("parent read: {}", String::from_utf8_lossy(text));
+                println!("parent read: {}", String::from_utf8_lossy(&text));
             }
             ok &= text == want.as_bytes();
         }
@@ -381,7 +353,7 @@ fn private_cow(_: &Opts, w: &Path) -> Outcome {
     let p = w.join("p");
     let f = open_rw(&p, true)?;
     io(f.write_all_at(&[7u8; 4 * PAGE], 0), "write")?;
-    let m = Map::new(&f, 4 * PAGE, false)?;
+    let m = map_file(&f, 4 * PAGE, false)?;
     m.store(PAGE, 0xdead_beef);
     let _ = m.msync();
     check(m.load(PAGE) == 0xdead_beef, || "private store lost".into())?;
@@ -407,7 +379,7 @@ fn truncate_mapped(_: &Opts, w: &Path) -> Outcome {
     let p = w.join("t");
     let f = open_rw(&p, true)?;
     io(f.write_all_at(&[0x55u8; 4 * PAGE], 0), "write")?;
-    let m = Map::new(&f, 4 * PAGE, true)?;
+    let m = map_file(&f, 4 * PAGE, true)?;
     check(m.load(3 * PAGE) == u64::from_ne_bytes([0x55; 8]), || "initial data".into())?;
     io(open_rw(&p, false)?.set_len((PAGE + PAGE / 2) as u64), "truncate")?;
     // Touching page 3 must raise SIGBUS: do it in a child and look at how it died.
@@ -428,7 +400,7 @@ fn truncate_mapped(_: &Opts, w: &Path) -> Outcome {
         "data before EOF damaged".into()
     })?;
     io(f.set_len(4 * PAGE as u64), "regrow")?;
-    let tail = &m.bytes()[PAGE + PAGE / 2..4 * PAGE];
+    let tail = m.read(PAGE + PAGE / 2, 4 * PAGE - (PAGE + PAGE / 2));
     check(tail.iter().all(|&b| b == 0), || "regrown range does not read zeros through the mapping".into())?;
     let mut buf = vec![0u8; 4 * PAGE];
     io(f.read_exact_at(&mut buf, 0), "pread")?;
@@ -448,13 +420,13 @@ fn mtime_after_msync(_: &Opts, w: &Path) -> Outcome {
     let p = w.join("m");
     let f = open_rw(&p, true)?;
     io(f.set_len(16 * PAGE as u64), "set_len")?;
-    let m = Map::new(&f, 16 * PAGE, true)?;
+    let m = map_file(&f, 16 * PAGE, true)?;
     m.store(0, 1);
-    m.msync()?;
+    msync(&m)?;
     let before = times(&p)?;
     std::thread::sleep(Duration::from_millis(20));
     m.store(5 * PAGE, 2);
-    m.msync()?;
+    msync(&m)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let after = times(&p)?;
@@ -482,7 +454,7 @@ fn many_writers(_: &Opts, w: &Path) -> Outcome {
     for k in kids {
         wait_helper(k, 60)?;
     }
-    let m = Map::new(&f, PAGES * 16 * PAGE, true)?;
+    let m = map_file(&f, PAGES * 16 * PAGE, true)?;
     let mut buf = vec![0u8; PAGES * 16 * PAGE];
     io(f.read_exact_at(&mut buf, 0), "pread")?;
     for id in 0..PROCS {
@@ -508,7 +480,7 @@ fn store_write_race(_: &Opts, w: &Path) -> Outcome {
     let p = w.join("race");
     let f = open_rw(&p, true)?;
     io(f.set_len(PAGE as u64), "set_len")?;
-    let m = Map::new(&f, PAGE, true)?;
+    let m = map_file(&f, PAGE, true)?;
     let writer = spawn_helper(&["pwrite-loop", p.to_str().unwrap_or(""), &B.to_string(), "300"])?;
     let deadline = Instant::now() + Duration::from_millis(300);
     while Instant::now() < deadline {
@@ -517,7 +489,7 @@ fn store_write_race(_: &Opts, w: &Path) -> Outcome {
         }
     }
     wait_helper(writer, 30)?;
-    m.msync()?;
+    msync(&m)?;
     let mut buf = vec![0u8; PAGE];
     io(f.read_exact_at(&mut buf, 0), "pread")?;
     for wd in (0..PAGE).step_by(8) {
@@ -555,9 +527,7 @@ impl Daemon {
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             std::thread::sleep(Duration::from_millis(5));
         }
-        let c = CString::new(mnt.as_os_str().as_bytes()).map_err(|_| "mountpoint")?;
-        // SAFETY: a valid C string; failure (already unmounted) is fine.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        lazy_umount(mnt);
         let log =
             io(OpenOptions::new().create(true).append(true).open(self.store.with_extension("log")), "daemon log")?;
         let child = io(
@@ -573,18 +543,8 @@ impl Daemon {
                 .spawn(),
             "start daemon",
         )?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let want = mnt.to_string_lossy().into_owned();
-        loop {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            if info.lines().any(|l| l.split(' ').nth(4) == Some(&want)) && self.pid() == Some(child.id() as i32) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err("remount did not come up".into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let mut child = child;
+        wait_mounted(mnt, &mut child, Duration::from_secs(30)).map(drop).map_err(|e| format!("remount: {e}"))
     }
 }
 
@@ -601,13 +561,13 @@ fn durability(o: &Opts, w: &Path, how: Sync) -> Outcome {
     // the daemon (under writeback_cache the kernel flushes on close) and hide what is tested.
     let f = open_rw(&p, true)?;
     io(f.set_len(data.len() as u64), "set_len")?;
-    let m = Map::new(&f, data.len(), true)?;
+    let m = map_file(&f, data.len(), true)?;
     match how {
         Sync::None => io(f.write_all_at(&data, 0), "write")?,
         _ => {
             m.copy_in(0, &data);
             match how {
-                Sync::Msync => m.msync()?,
+                Sync::Msync => msync(&m)?,
                 Sync::Fsync => io(f.sync_all(), "fsync")?,
                 Sync::Fdatasync => io(f.sync_data(), "fdatasync")?,
                 Sync::None => {}
@@ -631,12 +591,12 @@ fn large_file(o: &Opts, w: &Path) -> Outcome {
     let p = w.join("large");
     let f = open_rw(&p, true)?;
     io(f.set_len(len as u64), "set_len")?;
-    let m = Map::new(&f, len, true)?;
+    let m = map_file(&f, len, true)?;
     for pg in 0..len / PAGE {
         m.store(pg * PAGE, pg as u64 ^ 0x5a5a);
         m.store(pg * PAGE + PAGE - 8, !(pg as u64));
     }
-    m.msync()?;
+    msync(&m)?;
     drop(m);
     const CHUNK: usize = 1 << 20;
     let mut buf = vec![0u8; CHUNK];
@@ -649,7 +609,7 @@ fn large_file(o: &Opts, w: &Path) -> Outcome {
             check(a == pg as u64 ^ 0x5a5a && b == !(pg as u64), || format!("page {pg} wrong"))?;
         }
     }
-    let m = Map::new(&f, len, true)?;
+    let m = map_file(&f, len, true)?;
     for pg in (0..len / PAGE).step_by(97) {
         check(m.load(pg * PAGE) == pg as u64 ^ 0x5a5a, || format!("page {pg} wrong through a new mapping"))?;
     }
@@ -673,7 +633,7 @@ fn fsx(o: &Opts, w: &Path) -> Outcome {
     let mut f = open_rw(&p, true)?;
     io(f.set_len(0), "truncate")?;
     let mut model: Vec<u8> = Vec::new();
-    let mut map: Option<Map> = None;
+    let mut map: Option<Mapping> = None;
     let mut crash_next = false;
     for n in 0..o.ops {
         let op = rng.below(100);
@@ -704,8 +664,8 @@ fn fsx(o: &Opts, w: &Path) -> Outcome {
             }
             35..=54 if size > 0 => {
                 // Mapped write inside the current size (a mapping cannot grow a file).
-                if map.as_ref().is_none_or(|m| m.len != model.len()) {
-                    map = Some(Map::new(&f, model.len(), true)?);
+                if map.as_ref().is_none_or(|m| m.len() != model.len()) {
+                    map = Some(map_file(&f, model.len(), true)?);
                 }
                 let m = map.as_ref().ok_or("map")?;
                 let off = rng.below(size);
@@ -758,13 +718,13 @@ fn fsx(o: &Opts, w: &Path) -> Outcome {
                 what = "fsync".into();
             }
             85..=89 if map.is_some() => {
-                map.as_ref().ok_or("map")?.msync()?;
+                msync(map.as_ref().ok_or("map")?)?;
                 what = "msync".into();
             }
             _ if size > 0 => {
                 // Mapped read of the whole file.
-                if map.as_ref().is_none_or(|m| m.len != model.len()) {
-                    map = Some(Map::new(&f, model.len(), true)?);
+                if map.as_ref().is_none_or(|m| m.len() != model.len()) {
+                    map = Some(map_file(&f, model.len(), true)?);
                 }
                 what = "mapread".into();
             }
@@ -778,10 +738,8 @@ fn fsx(o: &Opts, w: &Path) -> Outcome {
                 model.len()
             ));
         }
-        match map.as_ref().filter(|m| m.len == model.len()) {
-            Some(m) => {
-                check(m.bytes() == &model[..], || format!("op {n} ({what}): mapped view differs (seed {seed})"))?
-            }
+        match map.as_ref().filter(|m| m.len() == model.len()) {
+            Some(m) => check(m.equals(0, &model), || format!("op {n} ({what}): mapped view differs (seed {seed})"))?,
             None => {
                 let mut b = vec![0u8; model.len()];
                 io(f.read_exact_at(&mut b, 0), "verify read")?;
@@ -792,7 +750,7 @@ fn fsx(o: &Opts, w: &Path) -> Outcome {
             // Make everything durable (mapped stores and cached writes live in the kernel until
             // written back), then restart: alternately clean and after SIGKILL.
             if let Some(m) = &map {
-                m.msync()?;
+                msync(m)?;
             }
             io(f.sync_all(), "fsync before remount")?;
             map = None;

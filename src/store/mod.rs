@@ -7,19 +7,19 @@
 //! the data path. Reads take one inode's read lock; overwrites of stored blocks take one
 //! inode's write lock and nothing else: there is no global lock on the data path.
 
-pub mod alloc;
+pub(crate) mod alloc;
 mod checkpoint;
 mod codec;
 mod data;
-pub mod error;
+mod error;
 pub mod faults;
 pub mod fsck;
-pub mod journal;
-pub mod meta;
+pub(crate) mod journal;
+pub(crate) mod meta;
 mod namespace;
 mod open;
 mod segment;
-pub mod superblock;
+pub(crate) mod superblock;
 mod sync;
 mod table;
 #[cfg(test)]
@@ -34,7 +34,9 @@ use alloc::{Allocator, Run};
 pub use error::{Error, OpenError, Result};
 pub use meta::{Ino, ROOT};
 use meta::{Inode, Op, Ts};
-pub use open::{format, read_superblock};
+pub use open::format;
+#[cfg(test)]
+use open::read_superblock;
 use segment::Segment;
 pub use segment::{Backend, Tuning};
 use superblock::Superblock;

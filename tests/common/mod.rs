@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mmapfs");
 
@@ -23,21 +23,7 @@ pub struct Mounted {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// True if `mnt` is a mountpoint in this namespace.
-pub fn is_mounted(mnt: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = mnt.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&want))
-}
-
-/// Detaches a (possibly dead) mount: umount2 as root, fusermount3 otherwise.
-pub fn lazy_umount(mnt: &Path) {
-    let c = CString::new(mnt.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let _ = Command::new("fusermount3").arg("-uz").arg(mnt).status();
-    }
-}
+pub use mmapfs::testing::{is_mounted, lazy_umount, wait_timeout};
 
 impl Mounted {
     /// A fresh store in a new temporary directory, mounted with `args` (e.g. `-o`, `--capacity`).
@@ -95,23 +81,13 @@ impl Mounted {
             .stderr(log)
             .spawn()
             .map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // The mountpoint may not exist yet; compare canonical paths once it does.
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("daemon exited with {status}: {}", self.log()));
-            }
-            if let Ok(c) = self.mnt.canonicalize()
-                && is_mounted(&c)
-            {
-                self.mnt = c;
-                break;
-            }
-            if Instant::now() > deadline {
+        match mmapfs::testing::wait_mounted(&self.mnt, &mut child, Duration::from_secs(20)) {
+            Ok(c) => self.mnt = c,
+            Err(e) => {
                 let _ = child.kill();
-                return Err(format!("mount did not appear: {}", self.log()));
+                let _ = child.wait();
+                return Err(format!("{e}: {}", self.log()));
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
         self.child = Some(child);
         Ok(())
@@ -179,19 +155,6 @@ impl Drop for Mounted {
         if is_mounted(&self.mnt) {
             lazy_umount(&self.mnt);
         }
-    }
-}
-
-pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
