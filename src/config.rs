@@ -31,6 +31,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
+/// True if the kernel flags `a` and `b` undo each other (`ro` and `rw`, …).
+fn opposes(a: &MountOption, b: &MountOption) -> bool {
+    use MountOption::*;
+    let pair = |x: &MountOption, y: &MountOption| {
+        matches!((x, y), (RO, RW) | (Dev, NoDev) | (Suid, NoSuid) | (Exec, NoExec) | (Atime, NoAtime) | (Sync, Async))
+    };
+    pair(a, b) || pair(b, a)
+}
+
 /// The default store directory.
 pub fn default_store() -> PathBuf {
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -123,24 +132,7 @@ impl MountConfig {
                 }
             };
             // A later flag overrides its opposite (e.g. `ro` after `rw`).
-            let opposite = |k: &MountOption| {
-                matches!(
-                    (k, &kernel),
-                    (MountOption::RO, MountOption::RW)
-                        | (MountOption::RW, MountOption::RO)
-                        | (MountOption::Dev, MountOption::NoDev)
-                        | (MountOption::NoDev, MountOption::Dev)
-                        | (MountOption::Suid, MountOption::NoSuid)
-                        | (MountOption::NoSuid, MountOption::Suid)
-                        | (MountOption::Exec, MountOption::NoExec)
-                        | (MountOption::NoExec, MountOption::Exec)
-                        | (MountOption::Atime, MountOption::NoAtime)
-                        | (MountOption::NoAtime, MountOption::Atime)
-                        | (MountOption::Sync, MountOption::Async)
-                        | (MountOption::Async, MountOption::Sync)
-                )
-            };
-            self.kernel.retain(|k| k != &kernel && !opposite(k));
+            self.kernel.retain(|k| k != &kernel && !opposes(k, &kernel));
             self.kernel.push(kernel);
         }
         Ok(())

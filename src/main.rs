@@ -394,41 +394,9 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
         cfg.threads,
         mnt.display()
     );
-    let mut unmounter = session.unmount_callable();
-    let mnt_for_signal = mnt.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: `signals` is initialised and `sig` is a valid out-pointer.
-            while unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
-                log::info!("signal {sig}: unmounting {}", mnt_for_signal.display());
-                if let Err(e) = unmounter.unmount() {
-                    log::warn!("umount failed ({e}); detaching: the mount ends when its last file is closed");
-                    lazy_unmount(&mnt_for_signal);
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    spawn_signal_waiter(signals, session.unmount_callable(), mnt.clone())?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, store, counters, cfg, mnt) =
-            (stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.clone());
-        std::thread::Builder::new()
-            .name("stats+reclaim".into())
-            .spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    write_snapshot(&snapshot(&counters, &store, &cfg, &mnt), store.dir());
-                    // Space freed by deletes goes back to the host within a second or so.
-                    if let Err(e) = store.reclaim() {
-                        log::warn!("giving free space back to the host: {e}");
-                    }
-                    // Woken early at unmount, so the store closes without waiting for it.
-                    std::thread::park_timeout(std::time::Duration::from_secs(1));
-                }
-            })
-            .map_err(|e| format!("cannot start the stats thread: {e}"))?
-    };
+    let writer = spawn_housekeeping(stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.clone())?;
     let served = session.run();
     store.mark_closing();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -447,6 +415,54 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
         other => other.map_err(|e| format!("FUSE session failed: {e}"))?,
     }
     closed.map_err(|e| format!("closing the store: {e}"))
+}
+
+/// The one thread that receives SIGINT/SIGTERM: each unmounts (detaching if files are open).
+fn spawn_signal_waiter(
+    signals: libc::sigset_t,
+    mut unmounter: fuser::SessionUnmounter,
+    mnt: PathBuf,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `signals` is initialised and `sig` is a valid out-pointer.
+            while unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                log::info!("signal {sig}: unmounting {}", mnt.display());
+                if let Err(e) = unmounter.unmount() {
+                    log::warn!("umount failed ({e}); detaching: the mount ends when its last file is closed");
+                    lazy_unmount(&mnt);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+/// Once a second until `stop`: writes `STORE/stats.json` and gives freed space back to the
+/// host. Unpark the thread to end it at once.
+fn spawn_housekeeping(
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    store: Arc<Store>,
+    counters: Arc<Stats>,
+    cfg: MountConfig,
+    mnt: PathBuf,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("stats+reclaim".into())
+        .spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                write_snapshot(&snapshot(&counters, &store, &cfg, &mnt), store.dir());
+                // Space freed by deletes goes back to the host within a second or so.
+                if let Err(e) = store.reclaim() {
+                    log::warn!("giving free space back to the host: {e}");
+                }
+                // Woken early at unmount, so the store closes without waiting for it.
+                std::thread::park_timeout(std::time::Duration::from_secs(1));
+            }
+        })
+        .map_err(|e| format!("cannot start the stats thread: {e}"))
 }
 
 /// The daemon's counters and knobs, as `mmapfs stats` shows them.

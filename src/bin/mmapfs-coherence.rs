@@ -620,6 +620,33 @@ fn large_file(o: &Opts, w: &Path) -> Outcome {
 /// fallocate, punch hole, fsync and msync on one file, every byte checked against a model
 /// after each operation; with `--daemon`, remounts (clean, then after SIGKILL) every
 /// `--remount-every` operations.
+/// Checks the file against the model: its size, and every byte through the mapping when there
+/// is one of the right size, else through read(2).
+fn verify(f: &File, map: Option<&Mapping>, model: &[u8], at: impl Fn() -> String) -> Outcome {
+    let size = io(f.metadata(), "fstat")?.len();
+    check(size == model.len() as u64, || format!("{}: size {size} != model {}", at(), model.len()))?;
+    match map.filter(|m| m.len() == model.len()) {
+        Some(m) => check(m.equals(0, model), || format!("{}: mapped view differs", at())),
+        None => {
+            let mut b = vec![0u8; model.len()];
+            io(f.read_exact_at(&mut b, 0), "verify read")?;
+            check(b == model, || format!("{}: file differs", at()))
+        }
+    }
+}
+
+/// Makes everything durable (mapped stores and cached writes live in the kernel until written
+/// back), restarts the daemon (after SIGKILL when `crash`, else cleanly), and checks the file
+/// came back as the model says. Returns the file opened anew. The caller drops its mapping.
+fn remount(d: &Daemon, mnt: &Path, p: &Path, f: File, crash: bool, model: &[u8]) -> Result<File, String> {
+    io(f.sync_all(), "fsync before remount")?;
+    drop(f);
+    d.restart(mnt, crash)?;
+    let f = open_rw(p, false)?;
+    verify(&f, None, model, || "after remount".into())?;
+    Ok(f)
+}
+
 fn fsx(o: &Opts, w: &Path) -> Outcome {
     const MAX: u64 = 256 * 1024;
     let seed = if o.seed == 0 {
@@ -730,39 +757,13 @@ fn fsx(o: &Opts, w: &Path) -> Outcome {
             }
             _ => continue,
         }
-        // Every byte, through the mapping when there is one of the right size, else read(2).
-        if io(f.metadata(), "fstat")?.len() != model.len() as u64 {
-            return Err(format!(
-                "op {n} ({what}): size {} != model {} (seed {seed})",
-                io(f.metadata(), "fstat")?.len(),
-                model.len()
-            ));
-        }
-        match map.as_ref().filter(|m| m.len() == model.len()) {
-            Some(m) => check(m.equals(0, &model), || format!("op {n} ({what}): mapped view differs (seed {seed})"))?,
-            None => {
-                let mut b = vec![0u8; model.len()];
-                io(f.read_exact_at(&mut b, 0), "verify read")?;
-                check(b == model, || format!("op {n} ({what}): file differs (seed {seed})"))?;
-            }
-        }
+        verify(&f, map.as_ref(), &model, || format!("op {n} ({what}), seed {seed}"))?;
         if let (Some(d), true) = (&o.daemon, o.remount_every > 0 && n > 0 && n % o.remount_every == 0) {
-            // Make everything durable (mapped stores and cached writes live in the kernel until
-            // written back), then restart: alternately clean and after SIGKILL.
-            if let Some(m) = &map {
-                msync(m)?;
+            if let Some(m) = map.take() {
+                msync(&m)?;
             }
-            io(f.sync_all(), "fsync before remount")?;
-            map = None;
-            drop(f);
-            d.restart(&o.dir, crash_next)?;
+            f = remount(d, &o.dir, &p, f, crash_next, &model).map_err(|e| format!("op {n}: {e} (seed {seed})"))?;
             crash_next = !crash_next;
-            f = open_rw(&p, false)?;
-            let mut b = vec![0u8; model.len()];
-            io(f.read_exact_at(&mut b, 0), "read after remount")?;
-            check(b == model && io(f.metadata(), "fstat")?.len() == model.len() as u64, || {
-                format!("op {n}: file differs after remount (seed {seed})")
-            })?;
         }
     }
     Ok(())

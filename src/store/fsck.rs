@@ -7,7 +7,7 @@
 //! reachable from the root or an orphan due for freeing, directory back-pointers and entry
 //! kinds, and the free-space accounting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::meta::{Content, Kind};
-use super::open::load;
+use super::open::{Loaded, load};
 use super::{Ino, OpenError, ROOT, rd};
 
 /// What `fsck` found.
@@ -83,65 +83,94 @@ pub fn check(dir: &Path) -> Result<Report, CannotRun> {
             t.at
         ));
     }
+    let links = check_directories(&l, &mut r);
+    check_links(&l, &links, &mut r);
+    check_reachable(&l, &links.count, &mut r);
+    // Free space: blocks in use plus free blocks fill the segments exactly.
+    let used: u64 = l.table.nodes().iter().filter_map(|n| rd(n).extents().map(|x| x.blocks())).sum();
+    let total = l.segments * l.sb.blocks_per_segment();
+    if used + l.alloc.free_blocks() != total {
+        r.problems.push(format!(
+            "free-space accounting: {used} blocks in use + {} free != {total} in the segments",
+            l.alloc.free_blocks()
+        ));
+    }
+    let bs = l.sb.block_size as u64;
+    r.used_bytes = used * bs;
+    r.free_bytes_in_segments = l.alloc.free_blocks() * bs;
+    Ok(r)
+}
+
+/// What the directory entries say: how many name each inode, and which directory names each
+/// directory.
+struct Links {
+    count: HashMap<Ino, u32>,
+    named_in: HashMap<Ino, Ino>,
+}
+
+/// Counts kinds, checks every entry (it names an inode of its kind, a directory is named
+/// once) and each directory's subdirectory count.
+fn check_directories(l: &Loaded, r: &mut Report) -> Links {
+    let mut links = Links { count: HashMap::new(), named_in: HashMap::new() };
     let nodes = l.table.nodes();
     r.inodes = nodes.len() as u64;
-    // Links from directory entries, and which directory names each directory.
-    let mut links: HashMap<Ino, u32> = HashMap::new();
-    let mut named_in: HashMap<Ino, Ino> = HashMap::new();
-    let bs = l.sb.block_size as u64;
-    let mut used = 0u64;
     for node in &nodes {
         let g = rd(node);
-        match &g.content {
-            Content::Dir(d) => {
-                r.directories += 1;
-                let mut subdirs = 0;
-                for e in d.iter_after(0) {
-                    let Some(child) = l.table.get(e.ino) else {
-                        r.problems.push(format!(
-                            "directory {}: entry {:?} names missing inode {}",
-                            node.ino,
-                            name(&e.name),
-                            e.ino
-                        ));
-                        continue;
-                    };
-                    let kind = rd(&child).attr.kind;
-                    if kind != e.kind {
-                        r.problems.push(format!(
-                            "directory {}: entry {:?} says {:?}, inode {} is {kind:?}",
-                            node.ino,
-                            name(&e.name),
-                            e.kind,
-                            e.ino
-                        ));
-                    }
-                    if kind == Kind::Dir {
-                        subdirs += 1;
-                        if let Some(other) = named_in.insert(e.ino, node.ino) {
-                            r.problems.push(format!("directory {} has entries in {other} and {}", e.ino, node.ino));
-                        }
-                    }
-                    *links.entry(e.ino).or_default() += 1;
-                }
-                if d.subdirs != subdirs {
-                    r.problems.push(format!(
-                        "directory {}: counts {} subdirectories, its entries hold {subdirs}",
-                        node.ino, d.subdirs
-                    ));
-                }
-            }
-            Content::File(x) => {
+        let d = match &g.content {
+            Content::Dir(d) => d,
+            Content::File(_) => {
                 r.files += 1;
-                used += x.blocks();
+                continue;
             }
-            _ => {}
+            _ => continue,
+        };
+        r.directories += 1;
+        let mut subdirs = 0;
+        for e in d.iter_after(0) {
+            let Some(child) = l.table.get(e.ino) else {
+                r.problems.push(format!(
+                    "directory {}: entry {:?} names missing inode {}",
+                    node.ino,
+                    name(&e.name),
+                    e.ino
+                ));
+                continue;
+            };
+            let kind = rd(&child).attr.kind;
+            if kind != e.kind {
+                r.problems.push(format!(
+                    "directory {}: entry {:?} says {:?}, inode {} is {kind:?}",
+                    node.ino,
+                    name(&e.name),
+                    e.kind,
+                    e.ino
+                ));
+            }
+            if kind == Kind::Dir {
+                subdirs += 1;
+                if let Some(other) = links.named_in.insert(e.ino, node.ino) {
+                    r.problems.push(format!("directory {} has entries in {other} and {}", e.ino, node.ino));
+                }
+            }
+            *links.count.entry(e.ino).or_default() += 1;
+        }
+        if d.subdirs != subdirs {
+            r.problems.push(format!(
+                "directory {}: counts {} subdirectories, its entries hold {subdirs}",
+                node.ino, d.subdirs
+            ));
         }
     }
-    for node in &nodes {
-        let g = rd(node);
+    links
+}
+
+/// Link counts against the entries; inodes no entry names are orphans due for freeing (no
+/// links) or damage; a directory's parent must be the directory that names it.
+fn check_links(l: &Loaded, links: &Links, r: &mut Report) {
+    for node in l.table.nodes() {
+        let g = rd(&node);
         let ino = node.ino;
-        let found = links.get(&ino).copied().unwrap_or(0);
+        let found = links.count.get(&ino).copied().unwrap_or(0);
         if ino == ROOT {
             if found != 0 {
                 r.problems.push("the root directory has an entry naming it".into());
@@ -161,7 +190,7 @@ pub fn check(dir: &Path) -> Result<Report, CannotRun> {
                 if g.attr.nlink == 0 {
                     r.problems.push(format!("directory {ino} is named but has no links"));
                 }
-                if named_in.get(&ino) != Some(&d.parent) {
+                if links.named_in.get(&ino) != Some(&d.parent) {
                     r.problems.push(format!("directory {ino}: parent {} does not name it", d.parent));
                 }
             }
@@ -171,10 +200,13 @@ pub fn check(dir: &Path) -> Result<Report, CannotRun> {
             _ => {}
         }
     }
-    // Directories reachable from the root: a cycle of directories that only name each other
-    // passes the link counts above but is cut off from the tree.
+}
+
+/// Every named inode is reachable from the root: a cycle of directories that only name each
+/// other passes the link counts but is cut off from the tree.
+fn check_reachable(l: &Loaded, named: &HashMap<Ino, u32>, r: &mut Report) {
     let mut reach = vec![ROOT];
-    let mut seen = std::collections::HashSet::from([ROOT]);
+    let mut seen = HashSet::from([ROOT]);
     while let Some(ino) = reach.pop() {
         let Some(node) = l.table.get(ino) else { continue };
         if let Some(d) = rd(&node).dir() {
@@ -185,21 +217,10 @@ pub fn check(dir: &Path) -> Result<Report, CannotRun> {
             }
         }
     }
-    let unreachable = links.keys().filter(|i| !seen.contains(i)).count();
+    let unreachable = named.keys().filter(|i| !seen.contains(i)).count();
     if unreachable > 0 {
         r.problems.push(format!("{unreachable} named inodes cannot be reached from the root"));
     }
-    // Free space: blocks in use plus free blocks fill the segments exactly.
-    let total = l.segments * l.sb.blocks_per_segment();
-    if used + l.alloc.free_blocks() != total {
-        r.problems.push(format!(
-            "free-space accounting: {used} blocks in use + {} free != {total} in the segments",
-            l.alloc.free_blocks()
-        ));
-    }
-    r.used_bytes = used * bs;
-    r.free_bytes_in_segments = l.alloc.free_blocks() * bs;
-    Ok(r)
 }
 
 fn name(n: &[u8]) -> String {

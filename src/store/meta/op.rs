@@ -67,6 +67,8 @@ impl Op {
     const REMOVEXATTR: u8 = 11;
     const PUNCH: u8 = 12;
 
+    // One arm per op, each a list of fields: long, but the shape of a codec, and kept
+    // next to `decode` so the two are read side by side.
     pub fn encode(&self, e: &mut Enc) {
         match self {
             Op::Create { ino, parent, name, kind, perm, uid, gid, rdev, time, target } => {
