@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mmapfs::config::{MountConfig, default_store, parse_size};
-use mmapfs::fs::MmapFs;
+use mmapfs::fs::{FsConfig, MmapFs};
 use mmapfs::stats::{self, Snapshot, Stats};
 use mmapfs::store::{self, Backend, FormatOptions, OpenOptions, Store, SyncPolicy, Tuning};
 
@@ -35,9 +35,10 @@ enum Cmd {
         /// FUSE request threads [default: number of cores]
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
-        /// Largest FUSE WRITE request, 4K..16M [default: 1M]; the same as -o max_write=SIZE
-        #[arg(long, value_name = "SIZE")]
-        max_write: Option<String>,
+        /// Largest FUSE WRITE request, 4K..16M; the same as -o max_write=SIZE (which wins if
+        /// both are given)
+        #[arg(long, value_name = "SIZE", default_value_t = Size(FsConfig::default().max_write as u64))]
+        max_write: Size,
         /// Segment size for a store created by this mount
         #[arg(long, value_name = "SIZE", default_value_t = Size(FormatOptions::default().segment_size))]
         segment_size: Size,
@@ -228,10 +229,8 @@ fn main() -> ExitCode {
             if let Some(t) = threads {
                 cfg.threads = t;
             }
-            options
-                .iter()
-                .cloned()
-                .chain(max_write.map(|m| format!("max_write={m}")))
+            std::iter::once(format!("max_write={max_write}"))
+                .chain(options.iter().cloned())
                 .try_for_each(|o| cfg.apply_options(&o))
                 .and_then(|()| cfg.validate())
                 .and_then(|()| mount(&cfg))

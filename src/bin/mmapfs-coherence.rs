@@ -647,6 +647,7 @@ fn remount(d: &Daemon, mnt: &Path, p: &Path, f: File, crash: bool, model: &[u8])
     Ok(f)
 }
 
+// One arm per operation of the exerciser: long, but a table read top to bottom.
 fn fsx(o: &Opts, w: &Path) -> Outcome {
     const MAX: u64 = 256 * 1024;
     let seed = if o.seed == 0 {
