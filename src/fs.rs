@@ -593,7 +593,7 @@ impl Filesystem for MmapFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -602,7 +602,18 @@ impl Filesystem for MmapFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.stats.time(Op::Fallocate, length);
-        empty(reply, self.call(|| self.store.fallocate(ino.0, offset, length, mode)));
+        // A content change by a caller without CAP_FSETID (approximated, as for truncate, by
+        // uid 0) drops set-ID bits, in every mode, as Linux's file_modified() does.
+        empty(
+            reply,
+            self.call(|| {
+                self.store.fallocate(ino.0, offset, length, mode)?;
+                if req.uid() != 0 {
+                    self.kill_privs_for_write(ino)?;
+                }
+                Ok(())
+            }),
+        );
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
@@ -622,7 +633,7 @@ impl Filesystem for MmapFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -636,7 +647,15 @@ impl Filesystem for MmapFs {
         let _t = self.stats.time(Op::CopyFileRange, len);
         // A reply counts at most u32::MAX bytes; the caller loops for the rest.
         let len = len.min(1 << 30);
-        match self.call(|| self.store.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)) {
+        let copy = || {
+            let n = self.store.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)?;
+            // The destination's content changed: as a write by this caller would.
+            if n > 0 && req.uid() != 0 {
+                self.kill_privs_for_write(ino_out)?;
+            }
+            Ok(n)
+        };
+        match self.call(copy) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
