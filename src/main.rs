@@ -195,6 +195,10 @@ impl From<SyncPolicy> for SyncArg {
 }
 
 fn main() -> ExitCode {
+    // Everything the daemon creates on the host (store files, stats.json) is private to its
+    // user, whatever umask it was started with; the store code sets 0600/0700 itself too.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -294,6 +298,13 @@ fn shutdown_signals() -> libc::sigset_t {
 }
 
 /// Refuses mountpoints that would make the daemon touch its own filesystem.
+/// True if /etc/fuse.conf has a `user_allow_other` line (what fusermount3 requires before it
+/// passes allow_other on for a normal user).
+fn fuse_conf_allows_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf")
+        .is_ok_and(|c| c.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other"))
+}
+
 fn check_paths(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), String> {
     let mnt = &cfg.mountpoint;
     match std::fs::metadata(mnt) {
@@ -346,6 +357,17 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
         |b: &str| std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).exists()));
     if !root && !in_path("fusermount3") && !in_path("fusermount") {
         return Err("mounting as a normal user needs fusermount3 (Debian: apt-get install fuse3)".into());
+    }
+    if !root && cfg.allow_other && !fuse_conf_allows_other() {
+        return Err("-o allow_other as a normal user needs the line `user_allow_other` in /etc/fuse.conf \
+             (as root: echo user_allow_other >> /etc/fuse.conf); it lets every local user into the mount"
+            .into());
+    }
+    if cfg.allow_other && !cfg.kernel.contains(&fuser::MountOption::DefaultPermissions) {
+        log::warn!(
+            "-o allow_other with no_default_permissions: the kernel no longer checks mode bits, so every \
+             local user can read and change every file on this mount"
+        );
     }
     let (store_dir, mnt) = check_paths(cfg)?;
     let mut cfg = cfg.clone();
@@ -525,7 +547,19 @@ fn write_snapshot(s: &Snapshot, dir: &Path) {
     let tmp = dir.join("stats.json.tmp");
     let r = serde_json::to_vec_pretty(s)
         .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|b| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Private like the rest of the store, and never through a symlink someone planted.
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?
+                .write_all(&b)
+        })
         .and_then(|()| std::fs::rename(&tmp, dir.join("stats.json")));
     if let Err(e) = r {
         log::warn!("cannot write {}: {e}", dir.join("stats.json").display());

@@ -7,11 +7,12 @@
 //! inodes (meta::encode_inode) … | crc32 of everything before (u32)
 //! ```
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
 use super::codec::{Dec, Enc, Malformed};
+use super::files;
 use super::meta::{Attr, Content, Dir, Entry, Extent, Extents, Inode, Kind, Name, get_ts, ts};
 
 const MAGIC: &[u8; 8] = b"MMAPFSCK";
@@ -40,7 +41,7 @@ pub fn install(dir: &Path, mut e: Enc) -> io::Result<()> {
     let crc = crc32fast::hash(&e.buf);
     e.u32(crc);
     let tmp = dir.join("checkpoint.tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = files::open(&tmp, OpenOptions::new().write(true).create(true).truncate(true))?;
     f.write_all(&e.buf)?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join("checkpoint"))?;
@@ -50,7 +51,7 @@ pub fn install(dir: &Path, mut e: Enc) -> io::Result<()> {
 /// Reads `dir/checkpoint`; `Ok(None)` if there is none yet.
 pub fn load(dir: &Path, uuid: &[u8; 16]) -> Result<Option<Snapshot>, String> {
     let path = dir.join("checkpoint");
-    let data = match std::fs::read(&path) {
+    let data = match files::read(&path) {
         Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),

@@ -59,6 +59,9 @@ pub enum OpenError {
     Geometry(String),
     /// Another daemon has the store mounted.
     Locked { pid: Option<u32> },
+    /// A path in the store is a symlink, foreign-owned or writable by others (the message
+    /// names it and the fix).
+    Unsafe(String),
     /// Reading or writing the store's files failed.
     Io(io::Error),
 }
@@ -103,6 +106,7 @@ impl fmt::Display for OpenError {
             OpenError::Geometry(m) => write!(f, "invalid store geometry: {m}"),
             OpenError::Locked { pid: Some(pid) } => write!(f, "the store is already mounted by pid {pid}"),
             OpenError::Locked { pid: None } => write!(f, "the store is already mounted by another process"),
+            OpenError::Unsafe(m) => write!(f, "refusing an unsafe store: {m}"),
             OpenError::Io(e) => write!(f, "I/O error: {e}"),
         }
     }

@@ -76,6 +76,9 @@ pub fn check(dir: &Path) -> Result<Report, CannotRun> {
     for d in &l.debris {
         r.notes.push(format!("{} is left from an interrupted operation (removed at the next mount)", d.display()));
     }
+    for p in &l.loose {
+        r.notes.push(format!("{} can be read by other users (made private at the next mount)", p.display()));
+    }
     if let Some(t) = &l.replayed.torn {
         r.notes.push(format!(
             "journal {} ends at byte {} in an append a crash cut short (never acknowledged; cut off at the next mount)",

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use super::codec::{Dec, Enc};
 use super::faults::{self, Point};
+use super::files;
 use super::meta::Op;
 
 /// Magic of a journal file in format 2 (and of format 1, read for the upgrade).
@@ -115,7 +116,7 @@ fn create_file(dir: &Path, uuid: &[u8; 16], first_seq: u64) -> io::Result<(File,
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let mut f = OpenOptions::new().create_new(true).append(true).open(&tmp)?;
+    let mut f = files::create_new(&tmp, OpenOptions::new().append(true))?;
     f.write_all(&header(uuid, first_seq))?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
@@ -130,7 +131,7 @@ impl Journal {
     /// of format 1, which is never appended to).
     pub fn open(dir: &Path, uuid: [u8; 16], last_seq: u64, torn: Option<&TornTail>) -> io::Result<Journal> {
         if let Some(t) = torn {
-            let f = OpenOptions::new().write(true).open(&t.path)?;
+            let f = files::open(&t.path, OpenOptions::new().write(true))?;
             f.set_len(t.at)?;
             f.sync_all()?;
         }
@@ -138,14 +139,15 @@ impl Journal {
         let newest_v2 = match files.last() {
             Some((_, p)) => {
                 let mut magic = [0u8; 8];
-                std::io::Read::read_exact(&mut File::open(p)?, &mut magic)?;
-                File::open(p)?.sync_data()?;
+                let mut f = files::open(p, OpenOptions::new().read(true))?;
+                std::io::Read::read_exact(&mut f, &mut magic)?;
+                f.sync_data()?;
                 &magic == MAGIC
             }
             None => false,
         };
         let (file, path, first) = match files.last() {
-            Some((first, p)) if newest_v2 => (OpenOptions::new().append(true).open(p)?, p.clone(), *first),
+            Some((first, p)) if newest_v2 => (files::open(p, OpenOptions::new().append(true))?, p.clone(), *first),
             _ => {
                 let (f, p) = create_file(dir, &uuid, last_seq + 1)?;
                 (f, p, last_seq + 1)
@@ -375,7 +377,7 @@ pub fn replay(
     let mut out = Replayed { last: after, records: 0, torn: None };
     for (i, (first, path)) in files.iter().enumerate() {
         let newest = i + 1 == files.len();
-        let data = std::fs::read(path)?;
+        let data = files::read(path)?;
         let name = path.display();
         let corrupt = |msg: String| ReplayError::Corrupt(format!("journal {name}: {msg}"));
         let framing = match data.get(..8) {

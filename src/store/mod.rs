@@ -13,6 +13,7 @@ mod codec;
 mod data;
 mod error;
 pub mod faults;
+mod files;
 pub mod fsck;
 pub(crate) mod journal;
 pub(crate) mod meta;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::alloc::{Allocator, Run};
 use super::error::OpenError;
+use super::files;
 use super::meta::{self, Attr, Content, Dir, Inode, Kind, Op, Ts};
 use super::segment::Segment;
 use super::superblock::{self, Superblock};
@@ -22,12 +23,12 @@ use super::{Counters, FormatOptions, Ino, OpenOptions, ROOT, Result, Store, chec
 pub fn format(dir: &Path, opts: FormatOptions) -> Result<(), OpenError> {
     opts.validate().map_err(OpenError::Geometry)?;
     let sb = opts.superblock(superblock::random_uuid()?);
-    std::fs::create_dir_all(dir)?;
+    files::create_dir(dir)?;
     if std::fs::read_dir(dir)?.next().is_some() {
         return Err(OpenError::NotAStore(dir.into(), "the directory is not empty; refusing to format it".into()));
     }
-    std::fs::create_dir(dir.join("segments"))?;
-    std::fs::create_dir(dir.join("meta"))?;
+    files::create_dir(&dir.join("segments"))?;
+    files::create_dir(&dir.join("meta"))?;
     // The root directory, in an initial checkpoint.
     let now = Ts::now();
     // SAFETY: getuid/getgid cannot fail and touch no memory.
@@ -60,11 +61,12 @@ pub fn format(dir: &Path, opts: FormatOptions) -> Result<(), OpenError> {
 
 /// Reads and checks the superblock of `dir`.
 pub fn read_superblock(dir: &Path) -> Result<Superblock, OpenError> {
-    let data = match std::fs::read(dir.join("superblock")) {
+    let data = match files::read(&dir.join("superblock")) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(OpenError::NotAStore(dir.into(), "it has no superblock file".into()));
         }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(OpenError::Unsafe(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     Superblock::decode(&data).map_err(|e| match e {
@@ -79,7 +81,7 @@ pub fn read_superblock(dir: &Path) -> Result<Superblock, OpenError> {
 /// Writes the superblock atomically (temporary file, synced, renamed, directory synced).
 fn write_superblock(dir: &Path, sb: &Superblock) -> Result<(), OpenError> {
     let tmp = dir.join("superblock.tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = files::open(&tmp, std::fs::OpenOptions::new().write(true).create(true).truncate(true))?;
     f.write_all(&sb.encode())?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join("superblock"))?;
@@ -140,8 +142,10 @@ fn serving_mount(dir: &Path) -> bool {
 /// one that serves none (finishing after `umount`, or still starting) is waited for, up to
 /// [`HOLDER_WAIT`], so that `umount` followed at once by `mount` works.
 pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState), OpenError> {
-    let mut f =
-        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("lock"))?;
+    let mut f = files::open(
+        &dir.join("lock"),
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false),
+    )?;
     let started = Instant::now();
     let mut told = false;
     loop {
@@ -189,6 +193,16 @@ pub(crate) struct Loaded {
     pub alloc: Allocator,
     /// Leftovers of an interrupted operation, removed when the store is opened for writing.
     pub debris: Vec<PathBuf>,
+    /// Store files and directories others may read, tightened when it is opened for writing.
+    pub loose: Vec<PathBuf>,
+}
+
+/// [`files::check_store`], as a refusal to open.
+fn check_store(dir: &Path) -> Result<Vec<PathBuf>, OpenError> {
+    files::check_store(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => OpenError::Unsafe(e.to_string()),
+        _ => OpenError::Io(e),
+    })
 }
 
 fn corrupt_at(path: &Path, m: impl std::fmt::Display) -> OpenError {
@@ -199,6 +213,7 @@ fn corrupt_at(path: &Path, m: impl std::fmt::Display) -> OpenError {
 /// journal, extent maps) without changing any file: a damaged store is refused as it is.
 pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
     let sb = read_superblock(dir)?;
+    let loose = check_store(dir)?;
     let seg_dir = dir.join("segments");
     let meta_dir = dir.join("meta");
     for d in [&seg_dir, &meta_dir] {
@@ -271,7 +286,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
     }
     let alloc = Allocator::from_used(sb.blocks_per_segment(), count, used)
         .map_err(|e| OpenError::Corrupt(format!("extent map: {e:?}")))?;
-    Ok(Loaded { sb, table, next_ino, replayed, checkpointed, segments: count, alloc, debris })
+    Ok(Loaded { sb, table, next_ino, replayed, checkpointed, segments: count, alloc, debris, loose })
 }
 
 impl Store {
@@ -292,9 +307,13 @@ impl Store {
             format(dir, opts.format)?;
         }
         read_superblock(dir)?;
+        // Before the lock file is opened (or made): a symlink there must not be followed.
+        check_store(dir)?;
         let (lock_file, last_state) = take_lock(dir)?;
         let started = Instant::now();
-        let Loaded { mut sb, table, next_ino, replayed, checkpointed, segments: count, alloc, debris } = load(dir)?;
+        let Loaded { mut sb, table, next_ino, replayed, checkpointed, segments: count, alloc, debris, loose } =
+            load(dir)?;
+        files::tighten(&loose)?;
         for path in &debris {
             log::info!("removing {}, left by an interrupted operation", path.display());
             std::fs::remove_file(path)?;

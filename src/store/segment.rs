@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use super::faults::{self, Point};
+use super::files;
 
 /// How segment data is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -69,7 +70,7 @@ impl Segment {
         let tmp = path.with_extension("seg.tmp");
         let made = (|| -> io::Result<File> {
             faults::check(Point::SegmentCreate)?;
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+            let file = files::open(&tmp, OpenOptions::new().read(true).write(true).create(true).truncate(true))?;
             reserve_file(&file, len)?;
             file.sync_all()?;
             Ok(file)
@@ -87,7 +88,7 @@ impl Segment {
 
     /// Opens an existing segment file, which must be exactly `len` bytes long.
     pub(crate) fn open(path: &Path, len: usize, t: &Tuning) -> io::Result<Segment> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = files::open(path, OpenOptions::new().read(true).write(true))?;
         let actual = file.metadata()?.len();
         if actual != len as u64 {
             return Err(io::Error::new(

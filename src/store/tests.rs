@@ -249,7 +249,11 @@ fn meta_on_another_filesystem_msyncs_every_range() {
             let _ = std::process::Command::new("umount").arg(&self.0).status();
         }
     }
-    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&meta).status().unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0700", "tmpfs"])
+        .arg(&meta)
+        .status()
+        .unwrap();
     assert!(ok.success());
     let _guard = Unmount(meta.clone());
     for e in std::fs::read_dir(&old).unwrap() {
