@@ -188,3 +188,100 @@ fn no_default_permissions_with_allow_other_warns() {
     let m = Mounted::new(&["-o", "allow_other,no_default_permissions"]);
     assert!(m.log().contains("no longer checks mode bits"), "{}", m.log());
 }
+
+/// Lists `dir` with getdents64 through a small buffer, so the listing is continued from an
+/// offset many times (as `find`, `rm -r` and `ls` do on large directories).
+fn list_in_pieces(dir: &Path) -> Vec<String> {
+    let c = common::cstr(dir);
+    // SAFETY: a valid C string; the descriptor is closed below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    assert!(fd >= 0, "open {}: {}", dir.display(), std::io::Error::last_os_error());
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 512];
+    loop {
+        // SAFETY: getdents64 into a buffer of the given length on our descriptor.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            break;
+        }
+        let mut at = 0;
+        while at < n as usize {
+            // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name…
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+            at += reclen;
+        }
+    }
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    names
+}
+
+/// Runs a rename storm (plus creates and removes) against concurrent listings of `dir`;
+/// returns (listings, listings with a name twice, listings missing an entry that stayed).
+fn rename_storm(dir: &Path) -> (u32, u32, u32) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for i in 0..300 {
+        fs::write(dir.join(format!("stays-{i:03}")), b"").unwrap();
+    }
+    for i in 0..20 {
+        fs::write(dir.join(format!("a{i}")), b"").unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let (mut listings, mut twice, mut missing) = (0, 0, 0);
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let i = (n * 2 + t) % 20;
+                    let (a, b) = (dir.join(format!("a{i}")), dir.join(format!("b{i}")));
+                    let _ = fs::rename(&a, &b);
+                    let _ = fs::rename(&b, &a);
+                    let c = dir.join(format!("new-{t}-{}", n % 7));
+                    let _ = fs::write(&c, b"");
+                    let _ = fs::remove_file(&c);
+                    n += 1;
+                }
+            });
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            let names = list_in_pieces(dir);
+            listings += 1;
+            let mut seen = std::collections::HashSet::new();
+            if !names.iter().all(|n| seen.insert(n.clone())) {
+                twice += 1;
+            }
+            if (0..300).any(|i| !seen.contains(&format!("stays-{i:03}"))) {
+                missing += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    (listings, twice, missing)
+}
+
+/// A directory stream returns no name twice and skips no entry that existed throughout while
+/// entries are renamed, created and removed — side by side with tmpfs.
+#[test]
+fn listings_under_a_rename_storm_show_no_name_twice() {
+    let m = Mounted::new(&[]);
+    let d = m.path("storm");
+    fs::create_dir(&d).unwrap();
+    let (n, twice, missing) = rename_storm(&d);
+    let tmp = tempfile::tempdir().unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(tmp.path()).status().unwrap();
+    assert!(st.success());
+    let (tn, ttwice, tmissing) = rename_storm(tmp.path());
+    mmapfs::testing::lazy_umount(tmp.path());
+    eprintln!(
+        "mmapfs: {n} listings, {twice} with a name twice, {missing} missing one; tmpfs: {tn}, {ttwice}, {tmissing}"
+    );
+    assert!(n > 20, "only {n} listings");
+    assert_eq!((twice, missing), (0, 0), "mmapfs: {n} listings");
+}

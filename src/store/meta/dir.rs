@@ -1,5 +1,6 @@
 //! Directories: entries under stable readdir cookies, with a name index.
 
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::LazyLock;
 
@@ -11,35 +12,37 @@ use crate::store::codec::Malformed;
 /// An entry name: up to 16 bytes inline (most names), longer ones on the heap.
 pub type Name = smallvec::SmallVec<[u8; 16]>;
 
-/// A directory entry. `ino == 0` marks a removed entry awaiting compaction.
+/// A directory entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The entry's readdir offset (see [`Dir`]).
     pub cookie: u64,
     pub name: Name,
     pub ino: Ino,
     pub kind: Kind,
 }
 
-/// A directory: entries in creation order under stable cookies (readdir offsets), plus a
-/// name index. Cookies 1 and 2 are `.` and `..`; entries get 3, 4, … and are never renumbered,
-/// so an offset stays valid while entries are added and removed.
+/// A directory: entries ordered by their readdir offset (*cookie*), plus a name index.
 ///
-/// Entries sit in a vector sorted by cookie (new cookies are always the largest); a removal
-/// leaves a tombstone, and the vector is compacted once tombstones outnumber live entries.
-/// The index maps a name's hash to a position, so each name is stored once. This keeps a
-/// million-file store within a few hundred MiB of heap.
+/// Cookies 1 and 2 are `.` and `..`. An entry's cookie is a stable hash of its name (SipHash
+/// with a fixed key, 62 bits), as ext4 orders a directory by name hash: a name always sits at
+/// the same place, so a listing continued from an offset never returns a name twice even if
+/// it was renamed away and back or removed and created again meanwhile, and never skips an
+/// entry that stayed. Two names with one hash (rare) take the next free cookie. Cookies are
+/// kept in the checkpoint, so entries of stores written before (counted 3, 4, …) keep theirs.
 #[derive(Debug, Clone)]
 pub struct Dir {
     pub parent: Ino,
-    entries: Vec<Entry>,
-    live: usize,
-    index: HashTable<u32>,
+    entries: BTreeMap<u64, Entry>,
+    /// Name hash (the process's, not the cookie's) → cookie.
+    index: HashTable<u64>,
+    /// Kept for the checkpoint format (format 1 counted cookies up from here); unused.
     pub next_cookie: u64,
     /// Number of subdirectories (a directory's link count is 2 + this).
     pub subdirs: u32,
 }
 
-/// First cookie handed to a real entry.
+/// First cookie an entry can have (1 and 2 are `.` and `..`).
 pub const FIRST_COOKIE: u64 = 3;
 
 static NAME_HASH: LazyLock<hashbrown::DefaultHashBuilder> = LazyLock::new(Default::default);
@@ -48,112 +51,100 @@ fn name_hash(name: &[u8]) -> u64 {
     NAME_HASH.hash_one(name)
 }
 
+/// Where `name` sits in every directory: the same on every run and every machine (the
+/// cookies are stored in the checkpoint), below 2^62 so offsets stay positive.
+fn cookie_of(name: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x6d6d_6170_6673, 0x6469_7265_6e74);
+    h.write(name);
+    FIRST_COOKIE + (h.finish() >> 2)
+}
+
 impl Dir {
     pub fn new(parent: Ino) -> Dir {
-        Dir { parent, entries: Vec::new(), live: 0, index: HashTable::new(), next_cookie: FIRST_COOKIE, subdirs: 0 }
+        Dir { parent, entries: BTreeMap::new(), index: HashTable::new(), next_cookie: FIRST_COOKIE, subdirs: 0 }
     }
 
-    fn position(&self, name: &[u8]) -> Option<usize> {
+    fn cookie_by_name(&self, name: &[u8]) -> Option<u64> {
         let entries = &self.entries;
-        self.index.find(name_hash(name), |&p| *entries[p as usize].name == *name).map(|&p| p as usize)
+        self.index.find(name_hash(name), |c| *entries[c].name == *name).copied()
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
-        self.position(name).map(|p| &self.entries[p])
+        self.cookie_by_name(name).map(|c| &self.entries[&c])
     }
 
     pub fn is_empty(&self) -> bool {
-        self.live == 0
+        self.entries.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.live
+        self.entries.len()
     }
 
-    /// Live entries with a cookie greater than `after`, in cookie order.
+    /// Entries with a cookie greater than `after`, in cookie order.
     pub fn iter_after(&self, after: u64) -> impl Iterator<Item = &Entry> {
-        let start = self.entries.partition_point(|e| e.cookie <= after);
-        self.entries[start..].iter().filter(|e| e.ino != 0)
+        self.entries.range(after.saturating_add(1)..).map(|(_, e)| e)
     }
 
     /// Makes room for `n` more entries (checkpoint load).
     pub fn reserve(&mut self, n: usize) {
-        self.entries.reserve_exact(n);
         let entries = &self.entries;
-        self.index.reserve(n, |&p| name_hash(&entries[p as usize].name));
+        self.index.reserve(n, |c| name_hash(&entries[c].name));
     }
 
     pub(super) fn add(&mut self, name: &[u8], ino: Ino, kind: Kind) {
-        let cookie = self.next_cookie;
-        self.next_cookie += 1;
-        self.add_at(Entry { cookie, name: Name::from_slice(name), ino, kind });
+        let mut cookie = cookie_of(name);
+        while self.entries.contains_key(&cookie) {
+            cookie = if cookie == u64::MAX >> 2 { FIRST_COOKIE } else { cookie + 1 };
+        }
+        self.insert(Entry { cookie, name: Name::from_slice(name), ino, kind });
     }
 
-    /// Appends an entry read from a checkpoint; `Err` if its cookie is not larger than every
-    /// cookie present or it names no inode (the image is malformed).
+    /// Adds an entry read from a checkpoint; `Err` if its cookie is not larger than every
+    /// cookie present (the image lists them in order) or it names no inode.
     pub fn add_loaded(&mut self, e: Entry) -> Result<(), Malformed> {
-        if self.entries.last().is_some_and(|l| l.cookie >= e.cookie) || e.ino == 0 {
+        if self.entries.last_key_value().is_some_and(|(&c, _)| c >= e.cookie) || e.ino == 0 || e.cookie < FIRST_COOKIE {
             return Err(Malformed);
         }
-        self.add_at(e);
+        self.insert(e);
         Ok(())
     }
 
-    /// Appends an entry; its cookie must be larger than every cookie present.
-    fn add_at(&mut self, e: Entry) {
-        debug_assert!(self.entries.last().is_none_or(|l| l.cookie < e.cookie));
+    fn insert(&mut self, e: Entry) {
         if e.kind == Kind::Dir {
             self.subdirs += 1;
         }
-        let h = name_hash(&e.name);
-        let pos = self.entries.len() as u32;
-        self.entries.push(e);
-        self.live += 1;
+        let (h, c) = (name_hash(&e.name), e.cookie);
+        self.entries.insert(c, e);
         let entries = &self.entries;
-        self.index.insert_unique(h, pos, |&p| name_hash(&entries[p as usize].name));
+        self.index.insert_unique(h, c, |c| name_hash(&entries[c].name));
     }
 
     pub(super) fn remove(&mut self, name: &[u8]) -> Option<Entry> {
         let entries = &self.entries;
-        let slot = self.index.find_entry(name_hash(name), |&p| *entries[p as usize].name == *name).ok()?;
-        let (pos, _) = slot.remove();
-        let tomb = Entry { cookie: self.entries[pos as usize].cookie, name: Name::new(), ino: 0, kind: Kind::File };
-        let e = std::mem::replace(&mut self.entries[pos as usize], tomb);
-        self.live -= 1;
+        let slot = self.index.find_entry(name_hash(name), |c| *entries[c].name == *name).ok()?;
+        let (c, _) = slot.remove();
+        let e = self.entries.remove(&c).expect("indexed entries exist");
         if e.kind == Kind::Dir {
             self.subdirs -= 1;
-        }
-        if self.entries.len() > 64 && self.entries.len() > 2 * self.live {
-            self.compact();
         }
         Some(e)
     }
 
     /// Points an existing entry at another inode; returns the inode it pointed at.
     pub(super) fn replace(&mut self, name: &[u8], ino: Ino, kind: Kind) -> Option<Ino> {
-        let p = self.position(name)?;
-        let e = &mut self.entries[p];
+        let c = self.cookie_by_name(name)?;
+        let e = self.entries.get_mut(&c).expect("indexed entries exist");
         let old = e.ino;
         match (e.kind == Kind::Dir, kind == Kind::Dir) {
             (true, false) => self.subdirs -= 1,
             (false, true) => self.subdirs += 1,
             _ => {}
         }
-        let e = &mut self.entries[p];
         e.ino = ino;
         e.kind = kind;
         Some(old)
-    }
-
-    /// Drops tombstones; positions change, cookies do not.
-    fn compact(&mut self) {
-        self.entries.retain(|e| e.ino != 0);
-        self.entries.shrink_to_fit();
-        self.index.clear();
-        let entries = &self.entries;
-        for (p, e) in entries.iter().enumerate() {
-            self.index.insert_unique(name_hash(&e.name), p as u32, |&q| name_hash(&entries[q as usize].name));
-        }
     }
 }
 
@@ -162,25 +153,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dir_cookies_survive_removals_and_compaction() {
+    fn a_name_keeps_its_place_through_removal_and_renames() {
         let mut d = Dir::new(1);
         for i in 0..1000u64 {
             d.add(format!("name-{i}-with-a-long-tail").as_bytes(), i + 10, Kind::File);
         }
         assert_eq!(d.get(b"name-7-with-a-long-tail").unwrap().ino, 17);
-        let cookie_of_900 = d.get(b"name-900-with-a-long-tail").unwrap().cookie;
+        let c900 = d.get(b"name-900-with-a-long-tail").unwrap().cookie;
         for i in 0..800u64 {
             assert_eq!(d.remove(format!("name-{i}-with-a-long-tail").as_bytes()).unwrap().ino, i + 10);
         }
-        // Compaction happened (tombstones outnumbered live entries); lookups and cookies hold.
-        assert!(d.entries.len() < 1000);
         assert_eq!(d.len(), 200);
         assert!(d.get(b"name-5-with-a-long-tail").is_none());
-        assert_eq!(d.get(b"name-900-with-a-long-tail").unwrap().cookie, cookie_of_900);
-        let after: Vec<u64> = d.iter_after(cookie_of_900).map(|e| e.ino).collect();
-        assert_eq!(after, (901..1000).map(|i| i + 10).collect::<Vec<_>>());
+        assert_eq!(d.get(b"name-900-with-a-long-tail").unwrap().cookie, c900);
+        // Removed and added again (a rename away and back): the same place, so a listing past
+        // it does not see it a second time.
+        let e = d.remove(b"name-900-with-a-long-tail").unwrap();
+        d.add(b"name-900-with-a-long-tail", e.ino, e.kind);
+        assert_eq!(d.get(b"name-900-with-a-long-tail").unwrap().cookie, c900);
+        assert!(d.iter_after(c900).all(|e| &*e.name != b"name-900-with-a-long-tail"));
+        // Cookies are ordered, unique and above `..`.
+        let cookies: Vec<u64> = d.iter_after(0).map(|e| e.cookie).collect();
+        assert!(cookies.windows(2).all(|w| w[0] < w[1]) && cookies[0] >= FIRST_COOKIE);
+        assert_eq!(cookie_of(b"stable"), cookie_of(b"stable"));
         d.add(b"x", 5, Kind::Dir);
         assert_eq!(d.subdirs, 1);
-        assert!(d.iter_after(0).last().unwrap().cookie > cookie_of_900);
+        assert_eq!(d.replace(b"x", 6, Kind::File), Some(5));
+        assert_eq!(d.subdirs, 0);
+    }
+
+    #[test]
+    fn a_taken_cookie_moves_the_newcomer_to_the_next_free_one() {
+        let mut d = Dir::new(1);
+        let c = cookie_of(b"a");
+        // An old-format entry (counted cookies) sitting where "a" hashes to.
+        d.add_loaded(Entry { cookie: c, name: Name::from_slice(b"old"), ino: 9, kind: Kind::File }).unwrap();
+        d.add(b"a", 10, Kind::File);
+        assert_eq!(d.get(b"a").unwrap().cookie, c + 1);
+        assert_eq!(d.get(b"old").unwrap().cookie, c);
     }
 }
