@@ -219,6 +219,18 @@ impl Store {
     /// Allocates every hole in logical blocks `first..last`, all or nothing; returns the `Map`
     /// ops (not yet applied or journaled).
     fn allocate(&self, ino: Ino, x: &Extents, first: u64, last: u64) -> Result<Vec<Op>> {
+        match self.allocate_once(ino, x, first, last) {
+            // A reclaim pass holds free runs out of the allocator for a moment (while it
+            // punches them): wait for it and look again before answering ENOSPC.
+            Err(Error::NoSpace) if self.reclaim_running() => {
+                drop(lock(&self.reclaiming));
+                self.allocate_once(ino, x, first, last)
+            }
+            r => r,
+        }
+    }
+
+    fn allocate_once(&self, ino: Ino, x: &Extents, first: u64, last: u64) -> Result<Vec<Op>> {
         let mut holes = Vec::new();
         x.pieces(first, last, |p| {
             if let Piece::Hole { logical, len } = p {

@@ -129,7 +129,7 @@ fn check_directories(l: &Loaded, r: &mut Report) -> Links {
         };
         r.directories += 1;
         let mut subdirs = 0;
-        for e in d.iter_after(0) {
+        for (_, e) in d.iter_after(0) {
             let Some(child) = l.table.get(e.ino) else {
                 r.problems.push(format!(
                     "directory {}: entry {:?} names missing inode {}",
@@ -213,7 +213,7 @@ fn check_reachable(l: &Loaded, named: &HashMap<Ino, u32>, r: &mut Report) {
     while let Some(ino) = reach.pop() {
         let Some(node) = l.table.get(ino) else { continue };
         if let Some(d) = rd(&node).dir() {
-            for e in d.iter_after(0) {
+            for (_, e) in d.iter_after(0) {
                 if seen.insert(e.ino) && e.kind == Kind::Dir {
                     reach.push(e.ino);
                 }

@@ -172,10 +172,13 @@ pub struct Store {
     batch_sync: bool,
     /// Set when an msync failed: every later fsync reports EIO until the store is reopened.
     failed: AtomicBool,
-    /// Counts reclaim passes that punched segment space; fsync marks nothing settled across one.
+    /// Twice the reclaim passes that punched segment space, plus one while a pass punches;
+    /// fsync marks nothing settled across one.
     punches: AtomicU64,
     /// `Allocator::frees` at the last reclaim pass (nothing freed since: nothing to do).
     reclaimed_at: AtomicU64,
+    /// Held for a whole reclaim pass: an allocation that found no space waits for it.
+    reclaiming: Mutex<()>,
     pub counters: Counters,
     _lock: File,
 }
@@ -336,6 +339,7 @@ impl Store {
         /// Runs shorter than this stay reserved: punching small holes fragments the segment
         /// files for little gain.
         const MIN_RUN_BYTES: u64 = 1 << 20;
+        let _pass = lock(&self.reclaiming);
         let runs = {
             let mut a = lock(&self.alloc);
             let frees = a.frees();
@@ -350,6 +354,8 @@ impl Store {
         let synced = self.sync_journal();
         let (bs, bps) = (self.bs, self.sb.blocks_per_segment());
         let mut given = 0;
+        // Odd while punching: an fsync that sees an odd count, or a different one when it is
+        // done, marks nothing settled (see `Store::fsync`).
         self.punches.fetch_add(1, Ordering::AcqRel);
         for r in runs {
             let punched = synced.is_ok() && {
@@ -372,6 +378,11 @@ impl Store {
             log::debug!("gave {} KiB of free segment space back to the host", given >> 10);
         }
         Ok(given)
+    }
+
+    /// True while a reclaim pass has free runs out of the allocator.
+    pub(crate) fn reclaim_running(&self) -> bool {
+        self.reclaiming.try_lock().is_err()
     }
 
     /// Blocks the host filesystem holding the segments can still give.

@@ -416,8 +416,8 @@ impl Store {
         if offset < 2 && f(dir.parent, 2, Kind::Dir, b"..") {
             return Ok(());
         }
-        for e in dir.iter_after(offset.max(2)) {
-            if f(e.ino, e.cookie, e.kind, &e.name) {
+        for (cookie, e) in dir.iter_after(offset.max(2)) {
+            if f(e.ino, cookie, e.kind, &e.name) {
                 break;
             }
         }

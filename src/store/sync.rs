@@ -145,7 +145,7 @@ impl Store {
             calls += 1;
             io(seg.sync_range(last[0].off, last[0].len))?;
             flushed = true;
-            if self.batch_sync && self.punches.load(Ordering::Acquire) == punches {
+            if self.batch_sync && punches.is_multiple_of(2) && self.punches.load(Ordering::Acquire) == punches {
                 for r in &g.ranges {
                     seg.mark_settled(r.off, r.len);
                 }
