@@ -26,17 +26,7 @@ if ! command -v fio >/dev/null; then
     echo "installing fio from Debian's packages…" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
 fi
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN=$ROOT/target/release/mmapfs
-
-WORK=$(mktemp -d /var/tmp/mmapfs-bench.XXXXXX)
-DAEMON=
-cleanup() {
-    if [ -n "$DAEMON" ]; then kill -TERM "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; fi
-    unmount_quietly "$WORK/mmapfs" "$WORK/tmpfs"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_setup bench
 
 mkdir -p "$WORK/tmpfs" "$WORK/ext4" "$WORK/mmapfs"
 mount -t tmpfs -o size=8G tmpfs "$WORK/tmpfs"

@@ -21,3 +21,20 @@ unmount_quietly() {
     done
     return 0
 }
+
+# bench_setup NAME: builds the release binary (BIN), makes a work directory WORK under
+# /var/tmp, and on exit stops the daemon whose pid is in DAEMON, unmounts WORK/mmapfs and
+# WORK/tmpfs, and removes WORK.
+bench_setup() {
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+    BIN=$ROOT/target/release/mmapfs
+    WORK=$(mktemp -d "/var/tmp/mmapfs-$1.XXXXXX")
+    DAEMON=
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    if [ -n "$DAEMON" ]; then kill -TERM "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; fi
+    unmount_quietly "$WORK/mmapfs" "$WORK/tmpfs"
+    rm -rf "$WORK"
+}

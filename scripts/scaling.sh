@@ -11,16 +11,7 @@ OPS=${OPS:-2000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib.sh
 . "$ROOT/scripts/lib.sh"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN=$ROOT/target/release/mmapfs
-WORK=$(mktemp -d /var/tmp/mmapfs-scaling.XXXXXX)
-DAEMON=
-cleanup() {
-    if [ -n "$DAEMON" ]; then kill -TERM "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; fi
-    unmount_quietly "$WORK/mmapfs" "$WORK/tmpfs"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_setup scaling
 mkdir -p "$WORK/mmapfs" "$WORK/tmpfs"
 mount -t tmpfs -o size=4G,nr_inodes=0 tmpfs "$WORK/tmpfs"
 "$BIN" mount --store "$WORK/store" "$WORK/mmapfs" >"$WORK/daemon.log" 2>&1 &

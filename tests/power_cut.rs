@@ -60,6 +60,16 @@ fn root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A fresh ext4 on a loop device (image in the build's temporary directory: a real disk, not
+/// tmpfs) and mmapfs mounted with its store there.
+fn mounted_on_a_loop_device() -> (tempfile::TempDir, LoopFs, Mounted) {
+    assert!(root(), "needs root for loop devices (CI runs as root)");
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let lf = LoopFs::new(&tmp.path().join("disk.img"), &tmp.path().join("disk"), true);
+    let m = Mounted::at(lf.dir.join("store"), tmp.path().join("mnt"), &["--segment-size", "16M"]).unwrap();
+    (tmp, lf, m)
+}
+
 /// Mounts the power-cut image, fscks the store on it and returns `name`'s bytes as mmapfs
 /// serves them.
 fn read_after_power_cut(tmp: &Path, image: &Path, name: &str) -> Vec<u8> {
@@ -78,10 +88,7 @@ fn read_after_power_cut(tmp: &Path, image: &Path, name: &str) -> Vec<u8> {
 /// fsync returns (the remount's recovery made it durable; the fsync alone had nothing to do).
 #[test]
 fn data_written_before_kill_9_is_durable_after_the_next_fsync() {
-    assert!(root(), "needs root for loop devices (CI runs as root)");
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let lf = LoopFs::new(&tmp.path().join("disk.img"), &tmp.path().join("disk"), true);
-    let mut m = Mounted::at(lf.dir.join("store"), tmp.path().join("mnt"), &["--segment-size", "16M"]).unwrap();
+    let (tmp, lf, mut m) = mounted_on_a_loop_device();
     let mut data = vec![0u8; 20 << 20];
     common::Rng::new(20).fill(&mut data);
     fs::write(m.path("big"), &data).unwrap();
@@ -102,10 +109,7 @@ fn data_written_before_kill_9_is_durable_after_the_next_fsync() {
 /// durable: a new file never shows a deleted file's bytes after a power cut.
 #[test]
 fn fallocated_blocks_read_zero_after_a_power_cut() {
-    assert!(root(), "needs root for loop devices (CI runs as root)");
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let lf = LoopFs::new(&tmp.path().join("disk.img"), &tmp.path().join("disk"), true);
-    let mut m = Mounted::at(lf.dir.join("store"), tmp.path().join("mnt"), &["--segment-size", "16M"]).unwrap();
+    let (tmp, lf, mut m) = mounted_on_a_loop_device();
     fs::write(m.path("secret"), vec![0xABu8; 8 << 20]).unwrap();
     fs::File::open(m.path("secret")).unwrap().sync_all().unwrap();
     fs::remove_file(m.path("secret")).unwrap();
