@@ -31,6 +31,35 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
+/// The kernel's parameterless mount flags, by the name `-o` and mount(8) give them.
+const FLAGS: &[(&str, MountOption)] = &[
+    ("ro", MountOption::RO),
+    ("rw", MountOption::RW),
+    ("dev", MountOption::Dev),
+    ("nodev", MountOption::NoDev),
+    ("suid", MountOption::Suid),
+    ("nosuid", MountOption::NoSuid),
+    ("exec", MountOption::Exec),
+    ("noexec", MountOption::NoExec),
+    ("atime", MountOption::Atime),
+    ("noatime", MountOption::NoAtime),
+    ("sync", MountOption::Sync),
+    ("async", MountOption::Async),
+    ("dirsync", MountOption::DirSync),
+];
+
+/// A kernel option as `-o` spells it (for `mmapfs stats`).
+pub fn option_name(o: &MountOption) -> String {
+    match o {
+        MountOption::FSName(n) => format!("fsname={n}"),
+        MountOption::Subtype(n) => format!("subtype={n}"),
+        MountOption::CUSTOM(v) => v.clone(),
+        MountOption::AutoUnmount => "auto_unmount".into(),
+        MountOption::DefaultPermissions => "default_permissions".into(),
+        flag => FLAGS.iter().find(|(_, k)| k == flag).map_or_else(|| format!("{flag:?}"), |(n, _)| n.to_string()),
+    }
+}
+
 /// True if the kernel flags `a` and `b` undo each other (`ro` and `rw`, …).
 fn opposes(a: &MountOption, b: &MountOption) -> bool {
     use MountOption::*;
@@ -88,19 +117,9 @@ impl MountConfig {
                     self.fs.direct_io = true;
                     continue;
                 }
-                "ro" => MountOption::RO,
-                "rw" => MountOption::RW,
-                "dev" => MountOption::Dev,
-                "nodev" => MountOption::NoDev,
-                "suid" => MountOption::Suid,
-                "nosuid" => MountOption::NoSuid,
-                "exec" => MountOption::Exec,
-                "noexec" => MountOption::NoExec,
-                "atime" => MountOption::Atime,
-                "noatime" => MountOption::NoAtime,
-                "sync" => MountOption::Sync,
-                "async" => MountOption::Async,
-                "dirsync" => MountOption::DirSync,
+                flag if FLAGS.iter().any(|(n, _)| *n == flag) => {
+                    FLAGS.iter().find(|(n, _)| *n == flag).map(|(_, k)| k.clone()).expect("found above")
+                }
                 _ => {
                     if let Some(v) = o.strip_prefix("fsname=") {
                         self.kernel.retain(|k| !matches!(k, MountOption::FSName(_)));
@@ -175,6 +194,18 @@ mod tests {
         assert!(c.apply_options("attr_timeout=-1").is_err());
         c.apply_options("direct_io").unwrap();
         assert!(c.validate().is_err(), "writeback_cache with direct_io");
+    }
+
+    #[test]
+    fn kernel_options_are_named_as_o_spells_them() {
+        for (name, flag) in FLAGS {
+            assert_eq!(option_name(flag), *name);
+            let mut c = MountConfig::new("s".into(), "m".into());
+            c.apply_options(name).unwrap();
+            assert!(c.kernel.contains(flag), "{name}");
+        }
+        assert_eq!(option_name(&MountOption::FSName("mmapfs:/s".into())), "fsname=mmapfs:/s");
+        assert_eq!(option_name(&MountOption::DefaultPermissions), "default_permissions");
     }
 
     #[test]

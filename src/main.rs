@@ -504,7 +504,7 @@ fn snapshot(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
     } else {
         "default"
     };
-    let kernel: Vec<String> = cfg.kernel.iter().map(|k| format!("{k:?}")).collect();
+    let kernel: Vec<String> = cfg.kernel.iter().map(mmapfs::config::option_name).collect();
     let options = vec![
         ("backend", format!("{:?}", o.tuning.backend).to_lowercase()),
         ("madvise", format!("{:?}", o.tuning.advice).to_lowercase()),
@@ -610,15 +610,22 @@ fn show_stats(path: &Path, json: bool) -> Result<(), String> {
     let data =
         std::fs::read(&file).map_err(|e| format!("{}: {e} (has the store ever been mounted?)", file.display()))?;
     let snap: Snapshot = serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", file.display()))?;
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(snap.pid as i32, 0) } == 0;
+    // The daemon holds the store's lock while it serves; if the lock can be had, it is gone
+    // (a pid alone may have been reused by another process).
+    let alive = std::fs::File::open(store.join("lock")).is_ok_and(|f| {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+    });
+    let age = std::fs::metadata(&file).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
     if json {
         println!("{}", String::from_utf8_lossy(&data));
+    } else if !alive {
+        let ago = age.map_or_else(String::new, |a| format!(", written {:.0} s ago", a.as_secs_f64()));
+        println!("the daemon (pid {}) is not running: its last figures{ago}", snap.pid);
+        print!("{}", snap.table());
     } else {
         print!("{}", snap.table());
-        if !alive {
-            println!("(the daemon is not running: these are its last figures)");
-        }
     }
     Ok(())
 }

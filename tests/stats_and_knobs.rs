@@ -53,9 +53,14 @@ fn stats_while_running_and_after() {
     let out = std::process::Command::new(common::BIN).arg("stats").arg(&m.store).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("write") && table.contains("msync:") && table.contains("backend=mmap"), "{table}");
+    // Kernel options as -o spells them, not Rust's debug form.
+    assert!(table.contains("fsname=mmapfs:") && table.contains("default_permissions"), "{table}");
+    assert!(!table.contains("FSName(") && !table.contains("DefaultPermissions"), "{table}");
+    assert!(!table.contains("not running"), "{table}");
     m.stop();
     let out = std::process::Command::new(common::BIN).arg("stats").arg(&m.store).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not running"));
+    let stale = String::from_utf8_lossy(&out.stdout);
+    assert!(stale.starts_with("the daemon (pid ") && stale.contains("is not running") && stale.contains("s ago"), "{stale}");
     // Not a store nor a mount: a clear error.
     let (ok, err) = run(&[OsStr::new("stats"), OsStr::new("/")]);
     assert!(!ok && err.contains("neither an mmapfs store nor an mmapfs mountpoint"), "{err}");
