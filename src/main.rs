@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use mmapfs::config::{MountConfig, default_store, parse_size};
 use mmapfs::fs::{FsConfig, MmapFs};
 use mmapfs::stats::{self, Snapshot, Stats};
@@ -81,6 +81,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: `mmapfs completions bash > /etc/bash_completion.d/mmapfs`
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (mmapfs.1, mmapfs-mount.1, …), generated from this command line,
+    /// into DIR; docs/man/ holds a copy
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Create an empty store in DIR (which must not exist or be empty).
     Format {
         dir: PathBuf,
@@ -208,6 +218,12 @@ fn main() -> ExitCode {
         }
         Cmd::Stats { path, json } => show_stats(&path.unwrap_or_else(default_store), json),
         Cmd::Fsck { store, json } => return fsck(&store.unwrap_or_else(default_store), json),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mmapfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir } => clap_mangen::generate_to(Cli::command(), &dir)
+            .map_err(|e| format!("writing the manual pages into {}: {e}", dir.display())),
         Cmd::Mount {
             store,
             mountpoint,

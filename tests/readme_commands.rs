@@ -22,3 +22,28 @@ fn cargo_run_picks_the_daemon() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("mount") && help.contains("format") && help.contains("stats"), "{help}");
 }
+
+/// The manual pages in docs/man/ are what the command line generates now, and completions come
+/// for bash, zsh and fish and name the subcommands.
+#[test]
+fn man_pages_are_current_and_completions_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_mmapfs")).arg("man").arg(dir.path()).status().unwrap();
+    assert!(st.success());
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/man");
+    let mut pages = 0;
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        let now = std::fs::read(e.path()).unwrap();
+        let name = e.file_name();
+        let committed = std::fs::read(std::path::Path::new(shipped).join(&name)).unwrap_or_default();
+        assert!(now == committed, "docs/man/{name:?} is stale: run `cargo run -- man docs/man`");
+        pages += 1;
+    }
+    assert!(pages >= 5, "{pages} pages");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mmapfs")).args(["completions", shell]).output().unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains("fsck") && script.contains("mount"), "{shell}");
+    }
+}
