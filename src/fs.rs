@@ -56,11 +56,13 @@ pub struct MmapFs {
     /// not make itself.
     notifier: Arc<OnceLock<Notifier>>,
     stats: Arc<Stats>,
+    /// Set once the session exists; see `destroy`.
+    pub unmounter: Arc<OnceLock<std::sync::Mutex<fuser::SessionUnmounter>>>,
 }
 
 impl MmapFs {
     pub fn new(store: Arc<Store>, cfg: FsConfig, notifier: Arc<OnceLock<Notifier>>, stats: Arc<Stats>) -> MmapFs {
-        MmapFs { store, cfg, next_fh: AtomicU64::new(1), notifier, stats }
+        MmapFs { store, cfg, next_fh: AtomicU64::new(1), notifier, stats, unmounter: Default::default() }
     }
 
     /// Drops set-ID bits before a write by a caller without CAP_FSETID, and makes the kernel
@@ -193,6 +195,20 @@ fn time(t: Option<TimeOrNow>) -> Option<Ts> {
 }
 
 impl Filesystem for MmapFs {
+    /// The kernel ends the session (an unmount). After an external `umount` the mount is gone
+    /// already: unmounting it here (EINVAL, ignored) takes it out of the session, so that
+    /// fuser does not try again, and warn, when the session is dropped.
+    fn destroy(&mut self) {
+        if let Some(u) = self.unmounter.get() {
+            let r = u.lock().unwrap_or_else(|p| p.into_inner()).unmount();
+            if let Err(e) = r.map_err(|e| (e.raw_os_error(), e))
+                && e.0 != Some(libc::EINVAL)
+            {
+                log::warn!("unmounting at the end of the session: {}", e.1);
+            }
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(self.cfg.max_write);
         let _ = config.set_max_background(64);

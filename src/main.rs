@@ -416,6 +416,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     let notifier = Arc::new(std::sync::OnceLock::new());
     let counters = Arc::new(Stats::default());
     let fs = MmapFs::new(store.clone(), cfg.fs.clone(), notifier.clone(), counters.clone());
+    let unmounter = fs.unmounter.clone();
     let mut session = match fuser::Session::new(fs, &mnt, &fc) {
         Ok(s) => s,
         Err(e) => {
@@ -424,6 +425,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
         }
     };
     let _ = notifier.set(session.notifier());
+    let _ = unmounter.set(std::sync::Mutex::new(session.unmount_callable()));
     log::info!(
         "mounted store {} at {} ({} threads); stop with `umount {}` or SIGTERM",
         store_dir.display(),

@@ -67,6 +67,7 @@ fn external_umount_ends_the_daemon_cleanly() {
     assert_eq!(fs::read(m.path("f")).unwrap(), b"kept");
     assert!(m.log().contains("0 journal records replayed"), "{}", m.log());
     assert!(!m.log().contains("not closed cleanly"), "a clean unmount needs no recovery flush: {}", m.log());
+    assert!(!m.log().contains("WARN"), "a normal external umount logs no warning: {}", m.log());
 }
 
 #[test]

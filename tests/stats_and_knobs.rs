@@ -60,7 +60,10 @@ fn stats_while_running_and_after() {
     m.stop();
     let out = std::process::Command::new(common::BIN).arg("stats").arg(&m.store).output().unwrap();
     let stale = String::from_utf8_lossy(&out.stdout);
-    assert!(stale.starts_with("the daemon (pid ") && stale.contains("is not running") && stale.contains("s ago"), "{stale}");
+    assert!(
+        stale.starts_with("the daemon (pid ") && stale.contains("is not running") && stale.contains("s ago"),
+        "{stale}"
+    );
     // Not a store nor a mount: a clear error.
     let (ok, err) = run(&[OsStr::new("stats"), OsStr::new("/")]);
     assert!(!ok && err.contains("neither an mmapfs store nor an mmapfs mountpoint"), "{err}");
