@@ -426,6 +426,12 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     };
     let _ = notifier.set(session.notifier());
     let _ = unmounter.set(std::sync::Mutex::new(session.unmount_callable()));
+    // systemd (Type=notify) learns the mount is live; a no-op without NOTIFY_SOCKET.
+    let status = format!("serving {} at {}", store_dir.display(), mnt.display());
+    let ready = [sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)];
+    if let Err(e) = sd_notify::notify(&ready) {
+        log::warn!("telling the service manager the mount is ready: {e}");
+    }
     log::info!(
         "mounted store {} at {} ({} threads); stop with `umount {}` or SIGTERM",
         store_dir.display(),
@@ -438,6 +444,9 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     let writer = spawn_housekeeping(stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.clone())?;
     let served = session.run();
     store.mark_closing();
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        log::warn!("telling the service manager the mount is stopping: {e}");
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.thread().unpark();
     let _ = writer.join();

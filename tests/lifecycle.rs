@@ -123,3 +123,22 @@ fn umount_then_mount_at_once_50_times() {
     }
     eprintln!("50 cycles; the new daemon waited for the old one in {waited} of them");
 }
+
+/// Under systemd (`Type=notify`), the daemon says READY=1 once the mount is live and
+/// STOPPING=1 when it ends; tested with a notify socket of the test's own.
+#[test]
+fn systemd_hears_ready_and_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut m = Mounted::with_env(&[], &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("no READY=1 from the daemon");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1") && msg.contains("STATUS=serving"), "{msg:?}");
+    assert!(is_mounted(&m.mnt), "READY=1 only once the mount is live");
+    m.stop();
+    let n = sock.recv(&mut buf).expect("no STOPPING=1 from the daemon");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "STOPPING=1");
+}
