@@ -68,9 +68,16 @@ enum Cmd {
     Stats {
         /// A mountpoint or a store directory [default: the default store]
         path: Option<PathBuf>,
-        /// Machine-readable output
+        /// Machine-readable output (the same as --format json)
         #[arg(long)]
         json: bool,
+        /// How to print the figures
+        #[arg(long, value_enum, default_value_t = StatsFormat::Table)]
+        format: StatsFormat,
+        /// Print rates per second every SECS seconds (like iostat) until interrupted or the
+        /// daemon ends
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
     },
     /// Check a store that is not mounted, changing nothing (like e2fsck -n). Exit status 0:
     /// clean; 1: damage found; 2: the check could not run.
@@ -116,6 +123,14 @@ enum AdviceArg {
     Sequential,
     Willneed,
     Hugepage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum StatsFormat {
+    Table,
+    Json,
+    /// Prometheus' text exposition format
+    Prometheus,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -216,7 +231,13 @@ fn main() -> ExitCode {
             store::format(&dir, FormatOptions { segment_size: segment_size.0, capacity: capacity.0 })
                 .map_err(|e| e.to_string())
         }
-        Cmd::Stats { path, json } => show_stats(&path.unwrap_or_else(default_store), json),
+        Cmd::Stats { path, json, format, watch } => {
+            let path = path.unwrap_or_else(default_store);
+            match watch {
+                Some(secs) => watch_stats(&path, secs),
+                None => show_stats(&path, if json { StatsFormat::Json } else { format }),
+            }
+        }
         Cmd::Fsck { store, json } => return fsck(&store.unwrap_or_else(default_store), json),
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "mmapfs", &mut std::io::stdout());
@@ -626,27 +647,69 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn show_stats(path: &Path, json: bool) -> Result<(), String> {
-    let store = if path.join("superblock").exists() {
-        path.to_path_buf()
-    } else {
-        store_of_mount(path)
-            .ok_or_else(|| format!("{} is neither an mmapfs store nor an mmapfs mountpoint", path.display()))?
-    };
+/// The store behind `path` (a store directory or an mmapfs mountpoint).
+fn stats_store(path: &Path) -> Result<PathBuf, String> {
+    if path.join("superblock").exists() {
+        return Ok(path.to_path_buf());
+    }
+    store_of_mount(path)
+        .ok_or_else(|| format!("{} is neither an mmapfs store nor an mmapfs mountpoint", path.display()))
+}
+
+/// The last snapshot the daemon of `store` wrote, and its raw bytes.
+fn read_snapshot(store: &Path) -> Result<(Snapshot, Vec<u8>), String> {
     let file = store.join("stats.json");
     let data =
         std::fs::read(&file).map_err(|e| format!("{}: {e} (has the store ever been mounted?)", file.display()))?;
-    let snap: Snapshot = serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", file.display()))?;
-    // The daemon holds the store's lock while it serves; if the lock can be had, it is gone
-    // (a pid alone may have been reused by another process).
-    let alive = std::fs::File::open(store.join("lock")).is_ok_and(|f| {
+    let snap = serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok((snap, data))
+}
+
+/// `mmapfs stats --watch`: a line of rates every `secs` seconds, the header every 20 lines.
+fn watch_stats(path: &Path, secs: f64) -> Result<(), String> {
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(format!("--watch {secs}: between 0.1 and 3600 seconds"));
+    }
+    let store = stats_store(path)?;
+    let (mut prev, _) = read_snapshot(&store)?;
+    for line in 0.. {
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+        let (now, _) = read_snapshot(&store)?;
+        if now.pid != prev.pid || !daemon_alive(&store) {
+            println!("the daemon (pid {}) has ended", prev.pid);
+            return Ok(());
+        }
+        if line % 20 == 0 {
+            println!("{}", Snapshot::RATES_HEADER);
+        }
+        // The daemon writes its figures once a second: a shorter interval may see none new.
+        if now.uptime_s > prev.uptime_s {
+            println!("{}", now.rates(&prev));
+            prev = now;
+        }
+    }
+    Ok(())
+}
+
+/// True while a daemon holds the store's lock (a pid alone may have been reused).
+fn daemon_alive(store: &Path) -> bool {
+    std::fs::File::open(store.join("lock")).is_ok_and(|f| {
         use std::os::unix::io::AsRawFd;
         // SAFETY: flock on a descriptor we own; no memory is passed.
         unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
-    });
+    })
+}
+
+fn show_stats(path: &Path, format: StatsFormat) -> Result<(), String> {
+    let store = stats_store(path)?;
+    let file = store.join("stats.json");
+    let (snap, data) = read_snapshot(&store)?;
+    let alive = daemon_alive(&store);
     let age = std::fs::metadata(&file).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-    if json {
+    if format == StatsFormat::Json {
         println!("{}", String::from_utf8_lossy(&data));
+    } else if format == StatsFormat::Prometheus {
+        print!("{}", snap.prometheus());
     } else if !alive {
         let ago = age.map_or_else(String::new, |a| format!(", written {:.0} s ago", a.as_secs_f64()));
         println!("the daemon (pid {}) is not running: its last figures{ago}", snap.pid);

@@ -205,6 +205,65 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The counters in Prometheus' text exposition format, labelled with the store.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let store = self.store.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+            let _ = writeln!(s, "# HELP mmapfs_{name} {help}\n# TYPE mmapfs_{name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(s, "mmapfs_{name}{{store=\"{store}\"{labels}}} {v}");
+            }
+        };
+        let per_op = |f: &dyn Fn(&OpStats) -> f64| -> Vec<(String, f64)> {
+            self.ops.iter().map(|o| (format!(",op=\"{}\"", o.op), f(o))).collect()
+        };
+        metric("requests_total", "counter", "FUSE requests served, by operation.", per_op(&|o| o.count as f64));
+        metric("request_bytes_total", "counter", "Bytes moved by requests, by operation.", per_op(&|o| o.bytes as f64));
+        metric("request_p99_microseconds", "gauge", "99th percentile latency, by operation.", per_op(&|o| o.p99_us));
+        let one = |v: f64| vec![(String::new(), v)];
+        metric("msync_calls_total", "counter", "msync calls made by fsync.", one(self.msync_calls as f64));
+        metric("msync_bytes_total", "counter", "Bytes msynced by fsync.", one(self.msync_bytes as f64));
+        metric("msync_seconds_total", "counter", "Time spent in msync.", one(self.msync_ms / 1000.0));
+        metric("journal_appends_total", "counter", "Journal records appended.", one(self.journal_appends as f64));
+        metric("journal_syncs_total", "counter", "Journal fdatasyncs.", one(self.journal_syncs as f64));
+        metric("minor_faults_total", "counter", "The daemon's minor page faults.", one(self.minor_faults as f64));
+        metric("major_faults_total", "counter", "The daemon's major page faults.", one(self.major_faults as f64));
+        metric("segments_mapped", "gauge", "Segment files mapped.", one(self.segments_mapped as f64));
+        if let Some(r) = self.resident_bytes {
+            metric("resident_bytes", "gauge", "Bytes of the segments in the page cache.", one(r as f64));
+        }
+        metric("used_bytes", "gauge", "Bytes of file data stored.", one(self.used_bytes as f64));
+        metric("capacity_bytes", "gauge", "The store's capacity.", one(self.capacity_bytes as f64));
+        metric("inodes", "gauge", "Inodes in the store.", one(self.inodes as f64));
+        metric("uptime_seconds", "gauge", "Seconds since the mount.", one(self.uptime_s));
+        s
+    }
+
+    /// The header of [`Snapshot::rates`].
+    pub const RATES_HEADER: &'static str =
+        "    ops/s   read MiB/s  write MiB/s   msync/s  jsync/s  faults/s  resident MiB";
+
+    /// Rates per second since `prev` (an earlier snapshot of the same daemon), one line.
+    pub fn rates(&self, prev: &Snapshot) -> String {
+        let dt = (self.uptime_s - prev.uptime_s).max(1e-3);
+        let total = |s: &Snapshot, f: &dyn Fn(&OpStats) -> u64| s.ops.iter().map(f).sum::<u64>();
+        let bytes_of = |s: &Snapshot, op: &str| s.ops.iter().filter(|o| o.op == op).map(|o| o.bytes).sum::<u64>();
+        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+        let mib = |v: f64| v / (1 << 20) as f64;
+        format!(
+            "{:9.0} {:12.1} {:12.1} {:9.0} {:8.0} {:9.0} {:13.1}",
+            rate(total(self, &|o| o.count), total(prev, &|o| o.count)),
+            mib(rate(bytes_of(self, "read"), bytes_of(prev, "read"))),
+            mib(rate(bytes_of(self, "write"), bytes_of(prev, "write"))),
+            rate(self.msync_calls, prev.msync_calls),
+            rate(self.journal_syncs, prev.journal_syncs),
+            rate(self.minor_faults + self.major_faults, prev.minor_faults + prev.major_faults),
+            mib(self.resident_bytes.unwrap_or(0) as f64),
+        )
+    }
+
     /// A table for people.
     pub fn table(&self) -> String {
         use std::fmt::Write;

@@ -162,3 +162,45 @@ fn max_write_caps_write_requests() {
     ]);
     assert!(!ok && err.contains("max_write=1: must be between 4K and 16M"), "{err}");
 }
+
+/// `mmapfs stats --watch` prints rates per second while the daemon works, and says when it has
+/// ended; `--format prometheus` prints every counter in Prometheus' text format.
+#[test]
+fn stats_watch_and_prometheus() {
+    let mut m = Mounted::new(&[]);
+    let mut watch = std::process::Command::new(common::BIN)
+        .args(["stats", "--watch", "0.5"])
+        .arg(&m.mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(m.path("f")).unwrap();
+    while std::time::Instant::now() < deadline {
+        f.write_all(&[1u8; 65536]).unwrap();
+        f.sync_all().unwrap();
+    }
+    drop(f);
+    let out = std::process::Command::new(common::BIN).args(["stats", "--format", "prometheus"]).arg(&m.mnt).output();
+    let prom = String::from_utf8_lossy(&out.unwrap().stdout).into_owned();
+    assert!(prom.contains("# TYPE mmapfs_requests_total counter"), "{prom}");
+    let write_line = prom.lines().find(|l| l.starts_with("mmapfs_requests_total{") && l.contains("op=\"write\""));
+    let n: f64 = write_line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).expect("write count");
+    assert!(n > 0.0, "{prom}");
+    for l in prom.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = l.rsplit_once(' ').expect("name and value");
+        assert!(name.starts_with("mmapfs_") && name.contains("store=\"") && value.parse::<f64>().is_ok(), "{l}");
+    }
+    m.stop();
+    let status =
+        common::wait_timeout(&mut watch, Duration::from_secs(10)).expect("--watch did not end with the daemon");
+    assert!(status.success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut watch.stdout.take().unwrap(), &mut text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.contains("ops/s") && l.contains("msync/s")), "{text}");
+    let busy =
+        lines.iter().skip(1).filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok()).filter(|&v| v > 0.0);
+    assert!(busy.count() >= 2, "rates while writing: {text}");
+    assert!(text.contains("has ended"), "{text}");
+}
