@@ -453,8 +453,9 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     if let Err(e) = sd_notify::notify(&ready) {
         log::warn!("telling the service manager the mount is ready: {e}");
     }
+    let stop_with = if root { "umount" } else { "fusermount3 -u" };
     log::info!(
-        "mounted store {} at {} ({} threads); stop with `umount {}` or SIGTERM",
+        "mounted store {} at {} ({} threads); stop with `{stop_with} {}` or SIGTERM",
         store_dir.display(),
         mnt.display(),
         cfg.threads,
