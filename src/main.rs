@@ -224,8 +224,24 @@ fn main() -> ExitCode {
     // user, whatever umask it was started with; the store code sets 0600/0700 itself too.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0o077) };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match helper_form(&args) {
+        Some(h) => {
+            // mount(8)'s form: returns once the mount is live, then serves in the background.
+            if !h.foreground {
+                if let Some(code) = background(h.log.as_deref()) {
+                    return code;
+                }
+            } else {
+                init_logging(None);
+            }
+            Cli::parse_from(h.args)
+        }
+        None => {
+            init_logging(None);
+            Cli::parse()
+        }
+    };
     let r = match cli.cmd {
         Cmd::Format { dir, segment_size, capacity } => {
             store::format(&dir, FormatOptions { segment_size: segment_size.0, capacity: capacity.0 })
@@ -281,7 +297,147 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mmapfs: error: {e}");
+            tell_starter(&format!("mmapfs: error: {e}"));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logging to stderr (`RUST_LOG`, default info), or to syslog for a background daemon that
+/// has no log file.
+fn init_logging(syslog: Option<()>) {
+    let env = env_logger::Env::default().default_filter_or("info");
+    if syslog.is_some() {
+        let level = std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|l| l.parse::<log::LevelFilter>().ok())
+            .unwrap_or(log::LevelFilter::Info);
+        if syslog::init(syslog::Facility::LOG_DAEMON, level, Some("mmapfs")).is_ok() {
+            return;
+        }
+    }
+    env_logger::Builder::from_env(env).init();
+}
+
+/// `mmapfs SOURCE MOUNTPOINT [-o OPTS] [-f]`, as mount(8) runs it through mount.fuse3.
+struct HelperForm {
+    /// The equivalent `mmapfs mount --store SOURCE MOUNTPOINT -o …` command line.
+    args: Vec<std::ffi::OsString>,
+    foreground: bool,
+    log: Option<PathBuf>,
+}
+
+/// Options mount(8) and fstab use that mean nothing to the filesystem.
+fn mount8_only(o: &str) -> bool {
+    matches!(o, "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner" | "group" | "nofail" | "_netdev")
+        || o.starts_with("x-")
+        || o.starts_with("comment=")
+}
+
+/// Recognizes mount(8)'s helper form: the first argument is no subcommand or flag.
+fn helper_form(args: &[std::ffi::OsString]) -> Option<HelperForm> {
+    let first = args.get(1)?.to_str().unwrap_or("-");
+    let subcommands = Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect::<Vec<_>>();
+    if first.starts_with('-') || first == "help" || subcommands.iter().any(|s| s == first) {
+        return None;
+    }
+    let mut h = HelperForm { args: vec!["mmapfs".into(), "mount".into()], foreground: false, log: None };
+    let (mut positional, mut opts) = (Vec::new(), Vec::new());
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("-f") => h.foreground = true,
+            // mount.fuse3 passes these through: no mtab, sloppy, verbose.
+            Some("-n" | "-s" | "-v") => {}
+            Some("-o") => opts.extend(it.next().and_then(|o| o.to_str()).map(str::to_string)),
+            Some(o) if o.starts_with("-o") => opts.push(o[2..].to_string()),
+            _ => positional.push(a.clone()),
+        }
+    }
+    let [source, mountpoint] = <[std::ffi::OsString; 2]>::try_from(positional).ok()?;
+    let mut keep = Vec::new();
+    for o in opts.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+        if let Some(f) = o.strip_prefix("log=") {
+            h.log = Some(PathBuf::from(f));
+        } else if !mount8_only(o) {
+            keep.push(o.to_string());
+        }
+    }
+    h.args.extend(["--store".into(), source, mountpoint]);
+    if !keep.is_empty() {
+        h.args.extend(["-o".into(), keep.join(",").into()]);
+    }
+    Some(h)
+}
+
+/// The write end of the pipe a background daemon's starter waits on (see [`background`]).
+static STARTER: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Tells the process that started this background daemon how the mount went ("ok", or the
+/// error), once; a no-op in the foreground.
+fn tell_starter(msg: &str) {
+    if let Some(mut f) = STARTER.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        use std::io::Write;
+        let _ = f.write_all(msg.as_bytes());
+    }
+}
+
+/// Forks: the parent waits until the child says the mount is live (exit 0) or failed (its
+/// error on stderr, exit 1) and returns that exit status; the child leaves the terminal's
+/// session, logs to `log` or syslog, and returns `None` to go on and serve. Called before any
+/// thread exists.
+fn background(log: Option<&Path>) -> Option<ExitCode> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        eprintln!("mmapfs: error: pipe: {}", std::io::Error::last_os_error());
+        return Some(ExitCode::FAILURE);
+    }
+    // SAFETY: the descriptors were just made and are owned here alone.
+    let (mut rd, wr) = unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+    // SAFETY: no thread exists yet, so the child may run anything.
+    match unsafe { libc::fork() } {
+        -1 => {
+            eprintln!("mmapfs: error: fork: {}", std::io::Error::last_os_error());
+            Some(ExitCode::FAILURE)
+        }
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no preconditions; it fails only for a group leader, which a
+            // fresh child is not.
+            unsafe { libc::setsid() };
+            let out = match log {
+                Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p),
+                None => std::fs::OpenOptions::new().write(true).open("/dev/null"),
+            };
+            let null = std::fs::File::open("/dev/null");
+            if let (Ok(out), Ok(null)) = (out, null) {
+                use std::os::fd::AsRawFd;
+                // SAFETY: dup2 onto the standard descriptors, from descriptors we own.
+                unsafe {
+                    libc::dup2(null.as_raw_fd(), 0);
+                    libc::dup2(out.as_raw_fd(), 1);
+                    libc::dup2(out.as_raw_fd(), 2);
+                }
+            }
+            init_logging(if log.is_some() { None } else { Some(()) });
+            *STARTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(wr);
+            None
+        }
+        _ => {
+            drop(wr);
+            let mut said = String::new();
+            let _ = rd.read_to_string(&mut said);
+            if said == "ok" {
+                return Some(ExitCode::SUCCESS);
+            }
+            if said.is_empty() {
+                said = "mmapfs: error: the daemon ended before the mount was live".into();
+            }
+            eprintln!("{said}");
+            Some(ExitCode::FAILURE)
         }
     }
 }
@@ -453,6 +609,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     if let Err(e) = sd_notify::notify(&ready) {
         log::warn!("telling the service manager the mount is ready: {e}");
     }
+    tell_starter("ok");
     let stop_with = if root { "umount" } else { "fusermount3 -u" };
     log::info!(
         "mounted store {} at {} ({} threads); stop with `{stop_with} {}` or SIGTERM",
