@@ -233,12 +233,12 @@ fn main() -> ExitCode {
                     return code;
                 }
             } else {
-                init_logging(None);
+                init_logging(false);
             }
             Cli::parse_from(h.args)
         }
         None => {
-            init_logging(None);
+            init_logging(false);
             Cli::parse()
         }
     };
@@ -305,9 +305,9 @@ fn main() -> ExitCode {
 
 /// Logging to stderr (`RUST_LOG`, default info), or to syslog for a background daemon that
 /// has no log file.
-fn init_logging(syslog: Option<()>) {
+fn init_logging(to_syslog: bool) {
     let env = env_logger::Env::default().default_filter_or("info");
-    if syslog.is_some() {
+    if to_syslog {
         let level = std::env::var("RUST_LOG")
             .ok()
             .and_then(|l| l.parse::<log::LevelFilter>().ok())
@@ -422,7 +422,7 @@ fn background(log: Option<&Path>) -> Option<ExitCode> {
                     libc::dup2(out.as_raw_fd(), 2);
                 }
             }
-            init_logging(if log.is_some() { None } else { Some(()) });
+            init_logging(log.is_none());
             *STARTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(wr);
             None
         }

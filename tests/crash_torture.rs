@@ -360,11 +360,6 @@ fn brief(seen: &(Shape, BTreeSet<String>), want: &Model) -> String {
     format!("mount: {:?} dirs {:?}\nmodel: {:?} dirs {:?}", sum(&seen.0), seen.1, sum(&w.0), w.1)
 }
 
-fn fsck(store: &Path) -> (i32, String) {
-    let out = std::process::Command::new(common::BIN).arg("fsck").arg(store).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[test]
 fn four_clients_survive_kill_9_and_fsck_finds_the_store_clean() {
     const CLIENTS: usize = 4;
@@ -413,7 +408,7 @@ fn four_clients_survive_kill_9_and_fsck_finds_the_store_clean() {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         });
         m.kill9();
-        let (code, report) = fsck(&m.store);
+        let (code, report) = common::fsck(&m.store);
         assert_eq!(code, 0, "round {round}: fsck after kill -9:\n{report}");
         m.start().unwrap_or_else(|e| panic!("round {round}: remount after kill -9 failed: {e}"));
         let mut results = Arc::try_unwrap(results).unwrap().into_inner().unwrap();
@@ -428,7 +423,7 @@ fn four_clients_survive_kill_9_and_fsck_finds_the_store_clean() {
         eprintln!("round {round}: {done} operations by {CLIENTS} clients, then kill -9; fsck clean, all there");
     }
     m.stop();
-    assert_eq!(fsck(&m.store).0, 0, "fsck after a clean unmount");
+    assert_eq!(common::fsck(&m.store).0, 0, "fsck after a clean unmount");
     m.start().unwrap();
     for (c, model) in models.iter().enumerate() {
         assert!(observe(&m.path(&format!("c{c}"))) == shape(model), "client {c} after a clean remount");

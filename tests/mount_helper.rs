@@ -52,6 +52,24 @@ impl Drop for Unmount {
     }
 }
 
+/// A temporary directory with a mountpoint `mnt` in it (unmounted on drop) and the path
+/// `store` (not made), while holding the installed binary.
+struct Setup {
+    tmp: tempfile::TempDir,
+    store: PathBuf,
+    mnt: PathBuf,
+    _guard: Unmount,
+    _bin: Installed,
+}
+
+fn setup() -> Setup {
+    let bin = Installed::link();
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
+    fs::create_dir(&mnt).unwrap();
+    Setup { _guard: Unmount(mnt.clone()), tmp, store, mnt, _bin: bin }
+}
+
 fn mount(args: &[&str]) -> (bool, String) {
     let out = Command::new("mount").args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -72,32 +90,24 @@ fn wait_released(store: &Path) {
 
 #[test]
 fn mount_t_fuse_mmapfs_serves_in_the_background() {
-    let _bin = Installed::link();
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, mnt, log) = (tmp.path().join("store"), tmp.path().join("mnt"), tmp.path().join("daemon.log"));
-    fs::create_dir(&mnt).unwrap();
-    let _guard = Unmount(mnt.clone());
+    let Setup { tmp, store, mnt, .. } = &setup();
+    let log = tmp.path().join("daemon.log");
     let opts = format!("allow_other,noatime,defaults,nofail,_netdev,x-test=1,log={}", log.display());
     let (ok, err) = mount(&["-t", "fuse.mmapfs", store.to_str().unwrap(), mnt.to_str().unwrap(), "-o", &opts]);
     assert!(ok, "{err}");
     // mount returned: the filesystem is live at once.
-    assert!(common::is_mounted(&mnt), "mount returned before the mount was live");
+    assert!(common::is_mounted(mnt), "mount returned before the mount was live");
     fs::write(mnt.join("f"), b"through mount(8)").unwrap();
     assert_eq!(fs::read(mnt.join("f")).unwrap(), b"through mount(8)");
-    let (ok, err) = (Command::new("umount").arg(&mnt).status().unwrap().success(), "");
-    assert!(ok, "{err}");
-    wait_released(&store);
+    assert!(Command::new("umount").arg(mnt).status().unwrap().success());
+    wait_released(store);
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("mounted store") && text.contains("unmounted"), "the log file: {text}");
 }
 
 #[test]
 fn an_fstab_line_mounts() {
-    let _bin = Installed::link();
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
-    fs::create_dir(&mnt).unwrap();
-    let _guard = Unmount(mnt.clone());
+    let Setup { tmp, store, mnt, .. } = &setup();
     let fstab = tmp.path().join("fstab");
     let line = format!(
         "{} {} fuse.mmapfs defaults,allow_other,noauto,x-systemd.automount,log={} 0 0\n",
@@ -108,24 +118,21 @@ fn an_fstab_line_mounts() {
     fs::write(&fstab, line).unwrap();
     let (ok, err) = mount(&["-T", fstab.to_str().unwrap(), mnt.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(common::is_mounted(&mnt));
+    assert!(common::is_mounted(mnt));
     fs::write(mnt.join("f"), b"from fstab").unwrap();
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
-    wait_released(&store);
+    assert!(Command::new("umount").arg(mnt).status().unwrap().success());
+    wait_released(store);
 }
 
 #[test]
 fn a_failed_mount_says_why_and_exits_non_zero() {
-    let _bin = Installed::link();
-    let tmp = tempfile::tempdir().unwrap();
-    let (not_a_store, mnt) = (tmp.path().join("data"), tmp.path().join("mnt"));
+    let Setup { tmp, mnt, .. } = &setup();
+    let not_a_store = tmp.path().join("data");
     fs::create_dir(&not_a_store).unwrap();
     fs::write(not_a_store.join("mine.txt"), b"x").unwrap();
-    fs::create_dir(&mnt).unwrap();
-    let _guard = Unmount(mnt.clone());
     let (ok, err) = mount(&["-t", "fuse.mmapfs", not_a_store.to_str().unwrap(), mnt.to_str().unwrap()]);
     assert!(!ok && err.contains("not an mmapfs store"), "{err}");
-    assert!(!common::is_mounted(&mnt));
+    assert!(!common::is_mounted(mnt));
 }
 
 #[test]

@@ -364,3 +364,42 @@ fn fsck_exit_status_says_clean_damaged_or_could_not_run() {
     let (code, _) = common::fsck(m.store.parent().unwrap());
     assert_eq!(code, 2, "not a store");
 }
+
+/// statfs never promises more free space than the host filesystem under the store can give:
+/// a 16 GiB store on a 48 MiB tmpfs shows at most what that tmpfs has free.
+#[test]
+fn statfs_shows_no_more_free_space_than_the_host_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host");
+    fs::create_dir(&host).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs"])
+        .arg(&host)
+        .status();
+    assert!(st.unwrap().success(), "mounting tmpfs (the tests run as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            common::lazy_umount(&self.0);
+        }
+    }
+    let _host = Unmount(host.clone());
+    let m = Mounted::at(host.join("store"), tmp.path().join("mnt"), &["--segment-size", "4M"]).unwrap();
+    let free = |p: &Path| {
+        let c = common::cstr(p);
+        // SAFETY: a zeroed statvfs is a valid out-buffer; `c` is a valid C string.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        (s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize)
+    };
+    let (mount_free, mount_size) = free(&m.mnt);
+    let (host_free, _) = free(&host);
+    assert_eq!(mount_size, 16 << 30, "the capacity");
+    assert!(mount_free <= host_free, "the mount shows {mount_free} free, the host has {host_free}");
+    fs::write(m.path("f"), vec![1u8; 12 << 20]).unwrap();
+    let (mount_free, _) = free(&m.mnt);
+    let (host_free, _) = free(&host);
+    // Reserved but unused segment space counts too: at most one segment's worth more.
+    assert!(mount_free <= host_free + (4 << 20), "after a write: {mount_free} free, the host has {host_free}");
+}

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::codec::{Dec, Enc, Malformed};
 use super::files;
-use super::meta::{Attr, Content, Dir, Entry, Extent, Extents, Inode, Kind, Name, get_ts, ts};
+use super::meta::{Attr, Content, Dir, Entry, Extent, Extents, FIRST_COOKIE, Inode, Kind, Name, get_ts, ts};
 
 const MAGIC: &[u8; 8] = b"MMAPFSCK";
 
@@ -107,7 +107,8 @@ pub fn encode_inode(e: &mut Enc, i: &Inode) {
         }
         Content::Dir(d) => {
             e.u64(d.parent);
-            e.u64(d.next_cookie);
+            // Format 1 counted cookies up from this field; it stays in the image, unused.
+            e.u64(FIRST_COOKIE);
             e.u64(d.len() as u64);
             for (cookie, ent) in d.iter_after(0) {
                 e.u64(cookie);
@@ -155,7 +156,7 @@ pub fn decode_inode(d: &mut Dec<'_>) -> Result<Inode, Malformed> {
         }
         Kind::Dir => {
             let parent = d.u64()?;
-            let next_cookie = d.u64()?;
+            let _format_1_next_cookie = d.u64()?;
             let n = d.u64()?;
             let mut entries = Vec::with_capacity(n.min(1 << 24) as usize);
             for _ in 0..n {
@@ -165,9 +166,7 @@ pub fn decode_inode(d: &mut Dec<'_>) -> Result<Inode, Malformed> {
                 let name = Name::from_slice(d.bytes()?);
                 entries.push((cookie, Entry { name, ino, kind }));
             }
-            let mut dir = Dir::loaded(parent, entries)?;
-            dir.next_cookie = next_cookie;
-            Content::Dir(Box::new(dir))
+            Content::Dir(Box::new(Dir::loaded(parent, entries)?))
         }
         Kind::Symlink => Content::Symlink(d.bytes()?.into()),
         _ => Content::Special,

@@ -135,20 +135,21 @@ impl Journal {
             f.set_len(t.at)?;
             f.sync_all()?;
         }
-        let files = list(dir)?;
-        let newest_v2 = match files.last() {
-            Some((_, p)) => {
+        // The newest file: made durable (a crash may have left its records in the page cache
+        // only), and continued if it is of format 2.
+        let newest = match list(dir)?.pop() {
+            Some((first, p)) => {
+                let mut f = files::open(&p, OpenOptions::new().read(true).append(true))?;
                 let mut magic = [0u8; 8];
-                let mut f = files::open(p, OpenOptions::new().read(true))?;
                 std::io::Read::read_exact(&mut f, &mut magic)?;
                 f.sync_data()?;
-                &magic == MAGIC
+                (&magic == MAGIC).then_some((f, p, first))
             }
-            None => false,
+            None => None,
         };
-        let (file, path, first) = match files.last() {
-            Some((first, p)) if newest_v2 => (files::open(p, OpenOptions::new().append(true))?, p.clone(), *first),
-            _ => {
+        let (file, path, first) = match newest {
+            Some(newest) => newest,
+            None => {
                 let (f, p) = create_file(dir, &uuid, last_seq + 1)?;
                 (f, p, last_seq + 1)
             }

@@ -212,8 +212,13 @@ fn corrupt_at(path: &Path, m: impl std::fmt::Display) -> OpenError {
 /// Reads and verifies everything a mount needs (superblock, segment files, checkpoint,
 /// journal, extent maps) without changing any file: a damaged store is refused as it is.
 pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
-    let sb = read_superblock(dir)?;
     let loose = check_store(dir)?;
+    load_checked(dir, loose)
+}
+
+/// [`load`] of a store [`check_store`] accepted, returning the `loose` paths it found.
+fn load_checked(dir: &Path, loose: Vec<PathBuf>) -> Result<Loaded, OpenError> {
+    let sb = read_superblock(dir)?;
     let seg_dir = dir.join("segments");
     let meta_dir = dir.join("meta");
     for d in [&seg_dir, &meta_dir] {
@@ -308,11 +313,11 @@ impl Store {
         }
         read_superblock(dir)?;
         // Before the lock file is opened (or made): a symlink there must not be followed.
-        check_store(dir)?;
+        let loose = check_store(dir)?;
         let (lock_file, last_state) = take_lock(dir)?;
         let started = Instant::now();
         let Loaded { mut sb, table, next_ino, replayed, checkpointed, segments: count, alloc, debris, loose } =
-            load(dir)?;
+            load_checked(dir, loose)?;
         files::tighten(&loose)?;
         for path in &debris {
             log::info!("removing {}, left by an interrupted operation", path.display());

@@ -32,8 +32,6 @@ pub struct Dir {
     entries: BTreeMap<u64, Entry>,
     /// Farthest any entry sits from its name's cookie (0 unless names collided).
     max_probe: u64,
-    /// Kept for the checkpoint format (format 1 counted cookies up from here); unused.
-    pub next_cookie: u64,
     /// Number of subdirectories (a directory's link count is 2 + this).
     pub subdirs: u32,
 }
@@ -56,7 +54,7 @@ fn cookie_of(name: &[u8]) -> u64 {
 
 impl Dir {
     pub fn new(parent: Ino) -> Dir {
-        Dir { parent, entries: BTreeMap::new(), max_probe: 0, next_cookie: FIRST_COOKIE, subdirs: 0 }
+        Dir { parent, entries: BTreeMap::new(), max_probe: 0, subdirs: 0 }
     }
 
     /// The cookie of the entry named `name`.
