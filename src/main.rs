@@ -621,6 +621,7 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     spawn_signal_waiter(signals, session.unmount_callable(), mnt.clone())?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = spawn_housekeeping(stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.clone())?;
+    let checkpointer = spawn_checkpointer(stop.clone(), store.clone())?;
     let served = session.run();
     store.mark_closing();
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
@@ -628,7 +629,9 @@ fn mount(cfg: &MountConfig) -> Result<(), String> {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.thread().unpark();
+    store.wake_checkpoint_thread();
     let _ = writer.join();
+    let _ = checkpointer.join();
     write_snapshot(&snapshot(&counters, &store, cfg, &mnt), store.dir());
     let closed = store.close();
     log::info!("unmounted {}", mnt.display());
@@ -665,6 +668,28 @@ fn spawn_signal_waiter(
         })
         .map(drop)
         .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+/// Takes the checkpoints the journal's budget asks for, off the request path, until `stop`
+/// (wake it with `Store::wake_checkpoint_thread`).
+fn spawn_checkpointer(
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    store: Arc<Store>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            loop {
+                let due = store.wait_checkpoint_due(std::time::Duration::from_secs(1));
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if due && let Err(e) = store.checkpoint_background() {
+                    log::error!("checkpoint failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the checkpoint thread: {e}"))
 }
 
 /// Once a second until `stop`: writes `STORE/stats.json` and gives freed space back to the

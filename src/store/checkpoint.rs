@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::codec::{Dec, Enc, Malformed};
 use super::files;
-use super::meta::{Attr, Content, Dir, Entry, Extent, Extents, FIRST_COOKIE, Inode, Kind, Name, get_ts, ts};
+use super::meta::{Attr, Content, Dir, Entry, Extent, Extents, FIRST_COOKIE, Ino, Inode, Kind, Name, get_ts, ts};
 
 const MAGIC: &[u8; 8] = b"MMAPFSCK";
 
@@ -48,15 +48,16 @@ pub fn install(dir: &Path, mut e: Enc) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads `dir/checkpoint`; `Ok(None)` if there is none yet.
-pub fn load(dir: &Path, uuid: &[u8; 16]) -> Result<Option<Snapshot>, String> {
-    let path = dir.join("checkpoint");
-    let data = match files::read(&path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let fail = |m: &str| format!("checkpoint {}: {m}", path.display());
+/// The header fields of a verified checkpoint image and its inodes' bytes.
+struct Image<'a> {
+    seq: u64,
+    next_ino: u64,
+    count: u64,
+    inodes: &'a [u8],
+}
+
+/// Checks an image's magic, checksum and uuid; `fail` names the file in messages.
+fn verify<'a>(data: &'a [u8], uuid: &[u8; 16], fail: impl Fn(&str) -> String) -> Result<Image<'a>, String> {
     if data.len() < 52 || &data[..8] != MAGIC {
         return Err(fail("not a checkpoint of this format"));
     }
@@ -72,14 +73,135 @@ pub fn load(dir: &Path, uuid: &[u8; 16]) -> Result<Option<Snapshot>, String> {
     let seq = d.u64().map_err(trunc)?;
     let next_ino = d.u64().map_err(trunc)?;
     let count = d.u64().map_err(trunc)?;
-    let mut inodes = Vec::with_capacity(count.min(1 << 24) as usize);
-    for _ in 0..count {
-        inodes.push(decode_inode(&mut d).map_err(trunc)?);
+    Ok(Image { seq, next_ino, count, inodes: d.buf })
+}
+
+/// Reads `dir/checkpoint`; `Ok(None)` if there is none yet.
+pub fn load(dir: &Path, uuid: &[u8; 16]) -> Result<Option<Snapshot>, String> {
+    let path = dir.join("checkpoint");
+    let data = match files::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let fail = |m: &str| format!("checkpoint {}: {m}", path.display());
+    let image = verify(&data, uuid, fail)?;
+    let mut d = Dec { buf: image.inodes };
+    let mut inodes = Vec::with_capacity(image.count.min(1 << 24) as usize);
+    for _ in 0..image.count {
+        inodes.push(decode_inode(&mut d).map_err(|_| fail("truncated"))?);
     }
     if !d.is_empty() {
         return Err(fail("trailing bytes"));
     }
-    Ok(Some(Snapshot { seq, next_ino, inodes }))
+    Ok(Some(Snapshot { seq: image.seq, next_ino: image.next_ino, inodes }))
+}
+
+/// The installed checkpoint, mapped and indexed by inode number without decoding the inodes:
+/// what a background checkpoint merges the journal into (see `merge.rs`).
+pub struct Base {
+    map: memmap2::Mmap,
+    pub seq: u64,
+    pub next_ino: u64,
+    /// (inode, start, end) of each inode's bytes in `map`, by inode number.
+    index: Vec<(Ino, usize, usize)>,
+}
+
+impl Base {
+    pub fn open(dir: &Path, uuid: &[u8; 16]) -> Result<Base, String> {
+        let path = dir.join("checkpoint");
+        let fail = |m: &str| format!("checkpoint {}: {m}", path.display());
+        let file = files::open(&path, OpenOptions::new().read(true)).map_err(|e| fail(&e.to_string()))?;
+        // SAFETY: the checkpoint is never written in place (a new one is renamed over it, and
+        // only by this daemon, which serialises checkpoints), and the store's files are
+        // private to the daemon's user: the mapped bytes do not change while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| fail(&e.to_string()))?;
+        let (seq, next_ino, count, start) = {
+            let image = verify(&map, uuid, fail)?;
+            (image.seq, image.next_ino, image.count, image.inodes.as_ptr() as usize - map.as_ptr() as usize)
+        };
+        let end = map.len() - 4;
+        let mut index = Vec::with_capacity(count.min(1 << 26) as usize);
+        let mut d = Dec { buf: &map[start..end] };
+        for _ in 0..count {
+            let at = end - d.buf.len();
+            let ino = skip_inode(&mut d).map_err(|_| fail("truncated"))?;
+            index.push((ino, at, end - d.buf.len()));
+        }
+        if !d.is_empty() {
+            return Err(fail("trailing bytes"));
+        }
+        // Checkpoints written by merging are in inode order already.
+        if !index.is_sorted_by_key(|e| e.0) {
+            index.sort_unstable_by_key(|e| e.0);
+        }
+        if index.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(fail("an inode twice"));
+        }
+        Ok(Base { map, seq, next_ino, index })
+    }
+
+    /// The encoded bytes of inode `ino`, if the checkpoint holds it.
+    pub fn inode_bytes(&self, ino: Ino) -> Option<&[u8]> {
+        let i = self.index.binary_search_by_key(&ino, |e| e.0).ok()?;
+        let (_, a, b) = self.index[i];
+        Some(&self.map[a..b])
+    }
+
+    /// Decodes inode `ino` if the checkpoint holds it.
+    pub fn inode(&self, ino: Ino) -> Option<Result<Inode, Malformed>> {
+        self.inode_bytes(ino).map(|b| decode_inode(&mut Dec { buf: b }))
+    }
+
+    /// Every inode's number and encoded bytes, by inode number.
+    pub fn iter(&self) -> impl Iterator<Item = (Ino, &[u8])> {
+        self.index.iter().map(|&(ino, a, b)| (ino, &self.map[a..b]))
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+/// Writes a checkpoint image to `checkpoint.tmp` as it is produced (an image of millions of
+/// inodes is never held in memory), then installs it like [`install`].
+pub struct Writer {
+    out: io::BufWriter<File>,
+    crc: crc32fast::Hasher,
+    scratch: Enc,
+}
+
+impl Writer {
+    pub fn create(dir: &Path, uuid: &[u8; 16], seq: u64, next_ino: u64, count: u64) -> io::Result<Writer> {
+        let f = files::open(&dir.join("checkpoint.tmp"), OpenOptions::new().write(true).create(true).truncate(true))?;
+        let mut w = Writer { out: io::BufWriter::with_capacity(1 << 20, f), crc: crc32fast::Hasher::new(), scratch: Enc::default() };
+        w.raw(&begin(uuid, seq, next_ino, count).buf)?;
+        Ok(w)
+    }
+
+    /// Bytes of inodes already encoded (copied from the base checkpoint).
+    pub fn raw(&mut self, b: &[u8]) -> io::Result<()> {
+        self.crc.update(b);
+        self.out.write_all(b)
+    }
+
+    pub fn inode(&mut self, i: &Inode) -> io::Result<()> {
+        let mut e = std::mem::take(&mut self.scratch);
+        e.buf.clear();
+        encode_inode(&mut e, i);
+        let r = self.raw(&e.buf);
+        self.scratch = e;
+        r
+    }
+
+    pub fn install(mut self, dir: &Path) -> io::Result<()> {
+        let crc = self.crc.clone().finalize();
+        self.out.write_all(&crc.to_le_bytes())?;
+        let f = self.out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(dir.join("checkpoint.tmp"), dir.join("checkpoint"))?;
+        File::open(dir)?.sync_all()
+    }
 }
 
 /// Encodes a whole inode (for the checkpoint).
@@ -125,6 +247,39 @@ pub fn encode_inode(e: &mut Enc, i: &Inode) {
         e.bytes(n);
         e.bytes(v);
     }
+}
+
+/// Steps over an inode written by [`encode_inode`] without decoding it; returns its number.
+/// Mirrors [`decode_inode`] field by field (a test holds them together).
+fn skip_inode(d: &mut Dec<'_>) -> Result<Ino, Malformed> {
+    let ino = d.u64()?;
+    let kind = Kind::from_u8(d.u8()?).ok_or(Malformed)?;
+    d.skip(2 + 4 * 4 + 8)?; // perm, uid, gid, nlink, rdev, size
+    for _ in 0..3 {
+        get_ts(d)?;
+    }
+    match kind {
+        Kind::File => {
+            let n = d.u64()?;
+            d.skip(usize::try_from(n).ok().and_then(|n| n.checked_mul(24)).ok_or(Malformed)?)?;
+        }
+        Kind::Dir => {
+            d.skip(16)?; // parent, format 1's next cookie
+            for _ in 0..d.u64()? {
+                d.skip(8 + 8 + 1)?;
+                d.bytes()?;
+            }
+        }
+        Kind::Symlink => {
+            d.bytes()?;
+        }
+        _ => {}
+    }
+    for _ in 0..d.u32()? {
+        d.bytes()?;
+        d.bytes()?;
+    }
+    Ok(ino)
 }
 
 /// Decodes an inode written by [`encode_inode`].
@@ -223,4 +378,45 @@ mod tests {
         let b = Entry { name: Name::from_slice(b"b"), ino: 3, kind: Kind::File };
         assert_eq!(Dir::loaded(1, vec![(100, a), (99, b)]).err(), Some(Malformed));
     }
+
+    /// `skip_inode` steps over exactly the bytes `decode_inode` reads, for every kind.
+    #[test]
+    fn skip_agrees_with_decode() {
+        let op = |ino, kind: Kind, target: &[u8]| Op::Create {
+            ino,
+            parent: 1,
+            name: format!("n{ino}").into_bytes(),
+            kind,
+            perm: 0o644,
+            uid: 1,
+            gid: 2,
+            rdev: 7,
+            time: Ts::default(),
+            target: target.to_vec(),
+        };
+        let mut dir = created_inode(&op(1, Kind::Dir, b""));
+        for i in 10..20 {
+            crate::store::meta::apply_create(&mut dir, &op(i, Kind::File, b"")).unwrap();
+        }
+        let mut file = created_inode(&op(2, Kind::File, b""));
+        if let Content::File(x) = &mut file.content {
+            x.push_loaded(Extent { logical: 0, phys: 5, len: 3 }).unwrap();
+            x.push_loaded(Extent { logical: 9, phys: 20, len: 1 }).unwrap();
+        }
+        file.extra_mut().xattrs.push((b"user.a".to_vec().into(), b"value".to_vec().into()));
+        let inodes = [dir, file, created_inode(&op(3, Kind::Symlink, b"/a/target")), created_inode(&op(4, Kind::Fifo, b""))];
+        let mut e = Enc::default();
+        for i in &inodes {
+            encode_inode(&mut e, i);
+        }
+        let (mut a, mut b) = (Dec { buf: &e.buf }, Dec { buf: &e.buf });
+        for i in &inodes {
+            assert_eq!(skip_inode(&mut a).unwrap(), i.attr.ino);
+            decode_inode(&mut b).unwrap();
+            assert_eq!(a.buf.len(), b.buf.len(), "inode {}", i.attr.ino);
+        }
+        assert!(a.is_empty());
+        assert_eq!(skip_inode(&mut Dec { buf: &e.buf[..e.buf.len() - 1] }).map(drop), Ok(()), "first inode whole");
+    }
 }
+

@@ -66,6 +66,10 @@ impl<'a> Dec<'a> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+    /// Steps over `n` bytes.
+    pub fn skip(&mut self, n: usize) -> Result<(), Malformed> {
+        self.take(n).map(drop)
+    }
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }

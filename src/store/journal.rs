@@ -102,12 +102,13 @@ fn header(uuid: &[u8; 16], first_seq: u64) -> Vec<u8> {
     h
 }
 
-/// Name a new journal file has until its header is durable; never listed by [`list`].
+/// Name a new journal file has until it is complete; never listed by [`list`].
 const NEW_FILE: &str = "journal.new";
 
-/// Creates a journal file atomically: the header is written and synced under a temporary name
-/// that is then renamed, so a crash at any moment leaves either no file or a whole header
-/// (an empty `journal-*` file would make the store refuse to mount).
+/// Creates a journal file with its header under a temporary name that is then renamed, so a
+/// crash at any moment leaves either no file or a whole header (an empty `journal-*` file
+/// would make the store refuse to mount). Not flushed: the caller syncs the file and the
+/// directory before any record in it is reported durable.
 fn create_file(dir: &Path, uuid: &[u8; 16], first_seq: u64) -> io::Result<(File, PathBuf)> {
     let tmp = dir.join(NEW_FILE);
     let path = dir.join(file_name(first_seq));
@@ -118,9 +119,7 @@ fn create_file(dir: &Path, uuid: &[u8; 16], first_seq: u64) -> io::Result<(File,
     }
     let mut f = files::create_new(&tmp, OpenOptions::new().append(true))?;
     f.write_all(&header(uuid, first_seq))?;
-    f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
     Ok((f, path))
 }
 
@@ -151,6 +150,8 @@ impl Journal {
             Some(newest) => newest,
             None => {
                 let (f, p) = create_file(dir, &uuid, last_seq + 1)?;
+                f.sync_all()?;
+                File::open(dir)?.sync_all()?;
                 (f, p, last_seq + 1)
             }
         };
@@ -242,23 +243,32 @@ impl Journal {
         Ok(())
     }
 
-    /// Starts a new journal file after the current last record (called with all appenders
-    /// stopped, right before a checkpoint is taken); returns the last seq of the old files.
+    /// Starts a new journal file after the current last record; returns the last seq of the
+    /// old files. Appenders wait only while the new file is created and named (no flush): the
+    /// flushes follow with `sync_lock` held, so no fsync can report records of the new file
+    /// durable before the old file and the new file's name are.
     pub fn rotate(&self) -> io::Result<u64> {
-        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if a.first == a.seq + 1 {
-            // Nothing appended since the last rotation: keep the (empty) active file.
-            return Ok(a.seq);
-        }
-        // Until the checkpoint is durable, the old file is what holds these records.
-        a.file.sync_data()?;
-        self.synced.fetch_max(a.seq, Ordering::AcqRel);
-        let (f, path) = create_file(&self.dir, &self.uuid, a.seq + 1)?;
-        a.file = Arc::new(f);
-        a.path = path;
-        a.first = a.seq + 1;
-        a.bytes = HEADER_LEN as u64;
-        Ok(a.seq)
+        let _syncs = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, old_seq, new) = {
+            let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if a.first == a.seq + 1 {
+                // Nothing appended since the last rotation: keep the (empty) active file.
+                return Ok(a.seq);
+            }
+            let (f, path) = create_file(&self.dir, &self.uuid, a.seq + 1)?;
+            let f = Arc::new(f);
+            let old = std::mem::replace(&mut a.file, f.clone());
+            a.path = path;
+            a.first = a.seq + 1;
+            a.bytes = HEADER_LEN as u64;
+            (old, a.seq, f)
+        };
+        // Until a checkpoint covers them, the old file is what holds these records.
+        old.sync_data()?;
+        self.synced.fetch_max(old_seq, Ordering::AcqRel);
+        new.sync_all()?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(old_seq)
     }
 
     /// Deletes journal files whose records all have seq ≤ `upto` (they are in the checkpoint).
@@ -372,12 +382,38 @@ pub fn replay(
     dir: &Path,
     uuid: &[u8; 16],
     after: u64,
+    f: impl FnMut(u64, Vec<Op>) -> Result<(), String>,
+) -> Result<Replayed, ReplayError> {
+    replay_files(&list(dir)?, uuid, after, true, f)
+}
+
+/// Like [`replay`], for the records in (`after`, `upto`] of the files a rotation closed at
+/// `upto` (see [`Journal::rotate`]): complete files, so a torn tail or a missing record is damage.
+pub fn replay_upto(
+    dir: &Path,
+    uuid: &[u8; 16],
+    after: u64,
+    upto: u64,
+    f: impl FnMut(u64, Vec<Op>) -> Result<(), String>,
+) -> Result<Replayed, ReplayError> {
+    let files: Vec<_> = list(dir)?.into_iter().filter(|(first, _)| *first <= upto).collect();
+    let out = replay_files(&files, uuid, after, false, f)?;
+    if out.last != upto {
+        return Err(ReplayError::Corrupt(format!("journal: records {}..={upto} are missing", out.last + 1)));
+    }
+    Ok(out)
+}
+
+fn replay_files(
+    files: &[(u64, PathBuf)],
+    uuid: &[u8; 16],
+    after: u64,
+    torn_ok: bool,
     mut f: impl FnMut(u64, Vec<Op>) -> Result<(), String>,
 ) -> Result<Replayed, ReplayError> {
-    let files = list(dir)?;
     let mut out = Replayed { last: after, records: 0, torn: None };
     for (i, (first, path)) in files.iter().enumerate() {
-        let newest = i + 1 == files.len();
+        let newest = torn_ok && i + 1 == files.len();
         let data = files::read(path)?;
         let name = path.display();
         let corrupt = |msg: String| ReplayError::Corrupt(format!("journal {name}: {msg}"));

@@ -1,7 +1,7 @@
 //! The store: segments, allocation, metadata and durability behind one narrow API.
 //!
 //! Locking (outermost first, never taken in the other order):
-//! `gate` (read by every journaled change, write by a checkpoint) → `ns` (one namespace
+//! `gate` (read by every journaled change, write by the closing checkpoint) → `ns` (one namespace
 //! change at a time) → inode locks → `alloc` → journal. Only namespace changes, which hold
 //! `ns`, ever hold more than one inode lock, so they cannot deadlock with each other or with
 //! the data path. Reads take one inode's read lock; overwrites of stored blocks take one
@@ -17,6 +17,7 @@ mod files;
 pub mod fsck;
 pub(crate) mod journal;
 pub(crate) mod meta;
+mod merge;
 mod namespace;
 mod open;
 mod segment;
@@ -29,7 +30,8 @@ mod tests;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use alloc::{Allocator, Run};
 pub use error::{Error, OpenError, Result};
@@ -149,6 +151,9 @@ pub struct Counters {
     pub msync_calls: AtomicU64,
     pub msync_bytes: AtomicU64,
     pub msync_nanos: AtomicU64,
+    /// Checkpoints taken in the background, and the time they took.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_nanos: AtomicU64,
 }
 
 /// A mounted store.
@@ -163,6 +168,9 @@ pub struct Store {
     gate: RwLock<()>,
     ns: Mutex<()>,
     checkpointing: Mutex<()>,
+    /// Set (and signalled) when the journal has outgrown its budget; the checkpoint thread
+    /// waits on it (see [`Store::wait_checkpoint_due`]).
+    checkpoint_due: (Mutex<bool>, Condvar),
     next_ino: AtomicU64,
     journal_limit: u64,
     tuning: Tuning,
@@ -266,16 +274,66 @@ impl Store {
         Ok(())
     }
 
-    /// Takes a checkpoint if the journal has grown past its budget.
+    /// Asks the checkpoint thread for a checkpoint if the journal has grown past its budget.
+    /// Requests never take a checkpoint themselves: they would stall on it.
     fn maybe_checkpoint(&self) {
-        if self.journal.bytes() > self.journal_limit
-            && let Err(e) = self.checkpoint()
-        {
-            log::error!("checkpoint failed: {e}");
+        if self.journal.bytes() > self.journal_limit {
+            let (due, cv) = &self.checkpoint_due;
+            *lock(due) = true;
+            cv.notify_one();
         }
     }
 
-    /// Writes every inode to a new checkpoint and drops the journal files it covers. A failure
+    /// For the checkpoint thread: waits up to `timeout` for the journal to outgrow its budget
+    /// (or for [`Store::wake_checkpoint_thread`]); true if a checkpoint is due.
+    pub fn wait_checkpoint_due(&self, timeout: Duration) -> bool {
+        let (due, cv) = &self.checkpoint_due;
+        let mut g = lock(due);
+        if !*g {
+            g = cv.wait_timeout(g, timeout).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        std::mem::take(&mut *g) && self.journal.bytes() > self.journal_limit
+    }
+
+    /// Wakes the checkpoint thread (at unmount, so it sees its stop flag at once).
+    pub fn wake_checkpoint_thread(&self) {
+        let (due, cv) = &self.checkpoint_due;
+        *lock(due) = true;
+        cv.notify_all();
+    }
+
+    /// A checkpoint that no request waits for: the journal is rotated, and its closed files
+    /// merged into the installed checkpoint from disk (see `merge.rs`) while requests go on.
+    /// Returns the number of records merged. A failure is sticky like any I/O failure.
+    pub fn checkpoint_background(&self) -> Result<u64> {
+        let _only_one = lock(&self.checkpointing);
+        self.usable()?;
+        let started = std::time::Instant::now();
+        let sticky = |e: merge::MergeError| match e {
+            merge::MergeError::Io(e) => self.failed_io("background checkpoint", e),
+            merge::MergeError::Corrupt(m) => self.failed_io(
+                "background checkpoint",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the store's metadata files do not replay: {m}")),
+            ),
+        };
+        let seq = self.journal.rotate().map_err(|e| self.failed_io("journal rotation", e))?;
+        let done = merge::merge(&self.dir.join("meta"), &self.sb.uuid, self.bs, seq).map_err(sticky)?;
+        self.journal.remove_upto(seq).map_err(|e| self.failed_io("removing merged journal files", e))?;
+        let took = started.elapsed();
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.counters.checkpoint_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        log::info!(
+            "checkpoint at seq {seq}: {} records merged, {} of {} inodes rewritten, in {took:?}",
+            done.records,
+            done.rewritten,
+            done.inodes
+        );
+        Ok(done.records)
+    }
+
+    /// Writes every inode from memory to a new checkpoint and drops the journal files it
+    /// covers, with every change stopped: for the close, when nothing else runs (it also
+    /// records times that data writes changed since their last journal record). A failure
     /// is sticky (the journal may already be rotated).
     pub fn checkpoint(&self) -> Result<()> {
         self.checkpoint_inner().map_err(|e| match e {
@@ -285,7 +343,7 @@ impl Store {
     }
 
     fn checkpoint_inner(&self) -> Result<()> {
-        let Ok(_only_one) = self.checkpointing.try_lock() else { return Ok(()) };
+        let _only_one = lock(&self.checkpointing);
         let started = std::time::Instant::now();
         let (image, seq, n) = {
             let _stop = wr(&self.gate);

@@ -16,7 +16,7 @@ use super::files;
 use super::meta::{self, Attr, Content, Dir, Inode, Kind, Op, Ts};
 use super::segment::Segment;
 use super::superblock::{self, Superblock};
-use super::table::{Node, Table};
+use super::table::{Inodes, Node, Table};
 use super::{Counters, FormatOptions, Ino, OpenOptions, ROOT, Result, Store, checkpoint, journal, rd, wr};
 
 /// Creates a new, empty store in `dir` (which must not exist or be empty).
@@ -356,6 +356,7 @@ impl Store {
             gate: RwLock::new(()),
             ns: Mutex::new(()),
             checkpointing: Mutex::new(()),
+            checkpoint_due: (Mutex::new(false), std::sync::Condvar::new()),
             next_ino: AtomicU64::new(next_ino),
             journal_limit: opts.journal_limit,
             tuning: opts.tuning,
@@ -444,8 +445,8 @@ fn batch_sync_safe(dir: &Path) -> bool {
     true
 }
 
-/// Applies one journaled op at mount.
-fn replay_op(table: &Table, op: &Op, bs: u64, next_ino: &mut u64) -> std::result::Result<(), String> {
+/// Applies one journaled op (at mount, and in a background checkpoint).
+pub(super) fn replay_op(table: &impl Inodes, op: &Op, bs: u64, next_ino: &mut u64) -> std::result::Result<(), String> {
     let get = |ino: Ino| -> std::result::Result<Node, String> {
         table.get(ino).ok_or_else(|| format!("inode {ino} does not exist"))
     };

@@ -79,3 +79,23 @@ impl Table {
         v
     }
 }
+
+/// What replaying a journal op needs of an inode table: the live [`Table`] at mount, or the
+/// partial one a background checkpoint loads from the installed checkpoint on demand.
+pub(crate) trait Inodes {
+    fn get(&self, ino: Ino) -> Option<Node>;
+    fn insert(&self, inode: Inode);
+    fn remove(&self, ino: Ino);
+}
+
+impl Inodes for Table {
+    fn get(&self, ino: Ino) -> Option<Node> {
+        Table::get(self, ino)
+    }
+    fn insert(&self, inode: Inode) {
+        Table::insert(self, inode);
+    }
+    fn remove(&self, ino: Ino) {
+        Table::remove(self, ino)
+    }
+}

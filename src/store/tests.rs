@@ -93,9 +93,12 @@ fn state_survives_reopen_after_checkpoint_and_replay() {
         let sub = s.create(ROOT, b"sub", Kind::Dir, 0o755, 0, 0, 0, b"").unwrap().ino;
         let a = file(&s, sub, "a");
         for i in 0..200u64 {
-            // Many small records: several checkpoints happen on the way.
             s.write(a, i * 5000, &i.to_le_bytes()).unwrap();
             file(&s, ROOT, &format!("f{i}"));
+            // As the daemon's checkpoint thread does once the journal outgrows its budget.
+            if i % 50 == 49 {
+                s.checkpoint_background().unwrap();
+            }
         }
         for i in 0..100 {
             s.unlink(ROOT, format!("f{i}").as_bytes(), false).unwrap();
@@ -478,4 +481,107 @@ fn a_format_1_store_is_read_and_upgraded() {
     s.close().unwrap();
     drop(s);
     assert!(fsck::check(d.path()).unwrap().clean());
+}
+
+/// Every live inode of `table` (freed ones wait only for the kernel to forget them) encoded
+/// as a checkpoint holds it, by inode number, with the three
+/// times zeroed: data writes change times in memory that are journaled only at release or
+/// fsync, so only the rest must agree between the live store and its files.
+fn image(table: &table::Table) -> Vec<(Ino, Vec<u8>)> {
+    // ino u64, kind u8, perm u16, uid, gid, nlink, rdev u32, size u64: the times follow.
+    const TIMES: std::ops::Range<usize> = 35..71;
+    let mut v: Vec<(Ino, Vec<u8>)> = table
+        .nodes()
+        .iter()
+        .filter(|n| !rd(n).freed)
+        .map(|n| {
+            let mut e = codec::Enc::default();
+            checkpoint::encode_inode(&mut e, &rd(n));
+            e.buf[TIMES].fill(0);
+            (n.ino, e.buf)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A background checkpoint taken while requests go on is exactly what a mount rebuilds: the
+/// store's files (merged checkpoint + the journal after it) load to the live state, through
+/// every kind of op, with checkpoints racing the workload from another thread.
+#[test]
+fn background_checkpoints_racing_requests_rebuild_the_live_state() {
+    let d = tempfile::tempdir().unwrap();
+    let o = OpenOptions { journal_limit: 8192, ..opts(1 << 20, 64 << 20) };
+    let s = std::sync::Arc::new(Store::open(d.path(), o).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bg = {
+        let (s, stop) = (s.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut merged = 0;
+            while !stop.load(Ordering::Relaxed) {
+                merged += s.checkpoint_background().unwrap();
+            }
+            merged
+        })
+    };
+    let mut rng = crate::rng::Rng::new(42);
+    let sub = s.create(ROOT, b"sub", Kind::Dir, 0o755, 0, 0, 0, b"").unwrap().ino;
+    let mut files: Vec<(Ino, String)> = Vec::new();
+    for i in 0..3000u64 {
+        if i % 300 == 299 {
+            // At least ten checkpoints interleave with the workload.
+            let seen = s.counters.checkpoints.load(Ordering::Relaxed);
+            while s.counters.checkpoints.load(Ordering::Relaxed) == seen {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        let name = format!("f{i}");
+        match rng.below(10) {
+            0..=2 => files.push((file(&s, if i % 2 == 0 { ROOT } else { sub }, &name), name)),
+            3 if !files.is_empty() => {
+                let (ino, _) = files[rng.below(files.len() as u64) as usize];
+                s.write(ino, rng.below(200_000), &i.to_le_bytes()).unwrap();
+            }
+            4 if !files.is_empty() => {
+                let (ino, _) = files[rng.below(files.len() as u64) as usize];
+                s.truncate(ino, rng.below(100_000)).unwrap();
+            }
+            5 if files.len() > 1 => {
+                let (ino, name) = files.swap_remove(rng.below(files.len() as u64) as usize);
+                let parent = if s.lookup(ROOT, name.as_bytes()).is_ok() { ROOT } else { sub };
+                if rng.below(2) == 0 {
+                    s.unlink(parent, name.as_bytes(), false).unwrap();
+                } else {
+                    s.rename(parent, name.as_bytes(), sub, format!("r{i}").as_bytes(), false).unwrap();
+                    files.push((ino, format!("r{i}")));
+                }
+            }
+            6 if !files.is_empty() => {
+                let (ino, _) = files[rng.below(files.len() as u64) as usize];
+                s.link(ino, ROOT, format!("l{i}").as_bytes()).unwrap();
+            }
+            7 if !files.is_empty() => {
+                let (ino, _) = files[rng.below(files.len() as u64) as usize];
+                s.setxattr(ino, b"user.k", &i.to_le_bytes(), false, false).unwrap();
+            }
+            8 if !files.is_empty() => {
+                let (ino, _) = files[rng.below(files.len() as u64) as usize];
+                let _ = s.fallocate(ino, 0, 8192, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE);
+            }
+            _ => {
+                s.create(sub, format!("d{i}").as_bytes(), Kind::Dir, 0o700, 0, 0, 0, b"").unwrap();
+                s.create(ROOT, format!("s{i}").as_bytes(), Kind::Symlink, 0o777, 0, 0, 0, b"target").unwrap();
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let merged = bg.join().unwrap();
+    assert!(merged > 1000, "the checkpoints merged {merged} records");
+    assert!(s.counters.checkpoints.load(Ordering::Relaxed) > 2);
+    let loaded = open::load(d.path()).unwrap();
+    assert!(loaded.replayed.records < 3000, "the journal was cut: {} records to replay", loaded.replayed.records);
+    let (a, b) = (image(&loaded.table), image(&s.table));
+    let differ: Vec<_> = a.iter().zip(&b).filter(|(x, y)| x != y).map(|(x, y)| (x.0, y.0)).take(5).collect();
+    assert!(differ.is_empty() && a.len() == b.len(), "{} vs {} inodes; differing: {differ:?}", a.len(), b.len());
+    assert_eq!(loaded.next_ino, s.next_ino.load(Ordering::Relaxed));
 }
