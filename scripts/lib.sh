@@ -27,7 +27,7 @@ unmount_quietly() {
 # WORK/tmpfs, and removes WORK.
 bench_setup() {
     cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-    BIN=$ROOT/target/release/mmapfs
+    BIN=${MMAPFS_BIN:-$ROOT/target/release/mmapfs}
     WORK=$(mktemp -d "/var/tmp/mmapfs-$1.XXXXXX")
     DAEMON=
     trap bench_cleanup EXIT

@@ -60,6 +60,10 @@ enum Cmd {
         /// Pre-fault the segment mappings (MAP_POPULATE)
         #[arg(long)]
         populate: bool,
+        /// Copy multi-page writes through the segment mappings too (page by page, each new
+        /// page zeroed by the kernel first) instead of pwrite into the same page cache
+        #[arg(long)]
+        map_writes: bool,
         /// What fsync does: full (data + metadata), data (data only), none (UNSAFE: nothing)
         #[arg(long, value_enum, default_value_t = SyncPolicy::default().into())]
         sync: SyncArg,
@@ -273,10 +277,11 @@ fn main() -> ExitCode {
             backend,
             madvise,
             populate,
+            map_writes,
             sync,
         } => {
             let mut cfg = MountConfig::new(store.unwrap_or_else(default_store), mountpoint);
-            let tuning = Tuning { backend: backend.into(), advice: madvise.advice(), populate };
+            let tuning = Tuning { backend: backend.into(), advice: madvise.advice(), populate, map_writes };
             cfg.store_opts = OpenOptions {
                 format: FormatOptions { segment_size: segment_size.0, capacity: capacity.0 },
                 journal_limit: journal_limit.0,
@@ -679,6 +684,13 @@ fn spawn_checkpointer(
     std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || {
+            // Background work yields to requests: on a machine with few cores, a checkpoint
+            // at normal priority would delay the requests it was moved away from.
+            // SAFETY: plain syscalls; on Linux, PRIO_PROCESS with a thread id sets that
+            // thread's nice value only.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) } != 0 {
+                log::debug!("cannot lower the checkpoint thread's priority: {}", std::io::Error::last_os_error());
+            }
             loop {
                 let due = store.wait_checkpoint_due(std::time::Duration::from_secs(1));
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -740,6 +752,7 @@ fn snapshot(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
         ("backend", format!("{:?}", o.tuning.backend).to_lowercase()),
         ("madvise", format!("{:?}", o.tuning.advice).to_lowercase()),
         ("populate", o.tuning.populate.to_string()),
+        ("map_writes", o.tuning.map_writes.to_string()),
         ("sync", format!("{:?}", o.sync).to_lowercase()),
         ("cache", mode.to_string()),
         ("threads", cfg.threads.to_string()),

@@ -174,7 +174,11 @@ pub struct Writer {
 impl Writer {
     pub fn create(dir: &Path, uuid: &[u8; 16], seq: u64, next_ino: u64, count: u64) -> io::Result<Writer> {
         let f = files::open(&dir.join("checkpoint.tmp"), OpenOptions::new().write(true).create(true).truncate(true))?;
-        let mut w = Writer { out: io::BufWriter::with_capacity(1 << 20, f), crc: crc32fast::Hasher::new(), scratch: Enc::default() };
+        let mut w = Writer {
+            out: io::BufWriter::with_capacity(1 << 20, f),
+            crc: crc32fast::Hasher::new(),
+            scratch: Enc::default(),
+        };
         w.raw(&begin(uuid, seq, next_ino, count).buf)?;
         Ok(w)
     }
@@ -404,7 +408,8 @@ mod tests {
             x.push_loaded(Extent { logical: 9, phys: 20, len: 1 }).unwrap();
         }
         file.extra_mut().xattrs.push((b"user.a".to_vec().into(), b"value".to_vec().into()));
-        let inodes = [dir, file, created_inode(&op(3, Kind::Symlink, b"/a/target")), created_inode(&op(4, Kind::Fifo, b""))];
+        let inodes =
+            [dir, file, created_inode(&op(3, Kind::Symlink, b"/a/target")), created_inode(&op(4, Kind::Fifo, b""))];
         let mut e = Enc::default();
         for i in &inodes {
             encode_inode(&mut e, i);
@@ -419,4 +424,3 @@ mod tests {
         assert_eq!(skip_inode(&mut Dec { buf: &e.buf[..e.buf.len() - 1] }).map(drop), Ok(()), "first inode whole");
     }
 }
-

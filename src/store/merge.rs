@@ -88,7 +88,8 @@ pub fn merge(meta_dir: &Path, uuid: &[u8; 16], block_size: u64, upto: u64) -> Re
     if base.seq >= upto {
         return Ok(Merged { inodes: base.len() as u64, ..Merged::default() });
     }
-    let partial = Partial { base: &base, table: Table::new(), freed: Mutex::new(HashSet::new()), bad: Mutex::new(None) };
+    let partial =
+        Partial { base: &base, table: Table::new(), freed: Mutex::new(HashSet::new()), bad: Mutex::new(None) };
     let mut next_ino = base.next_ino;
     let replayed = journal::replay_upto(meta_dir, uuid, base.seq, upto, |_, ops| {
         for op in &ops {

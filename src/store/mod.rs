@@ -16,8 +16,8 @@ pub mod faults;
 mod files;
 pub mod fsck;
 pub(crate) mod journal;
-pub(crate) mod meta;
 mod merge;
+pub(crate) mod meta;
 mod namespace;
 mod open;
 mod segment;
@@ -313,7 +313,10 @@ impl Store {
             merge::MergeError::Io(e) => self.failed_io("background checkpoint", e),
             merge::MergeError::Corrupt(m) => self.failed_io(
                 "background checkpoint",
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the store's metadata files do not replay: {m}")),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the store's metadata files do not replay: {m}"),
+                ),
             ),
         };
         let seq = self.journal.rotate().map_err(|e| self.failed_io("journal rotation", e))?;

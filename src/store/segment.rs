@@ -37,11 +37,14 @@ pub struct Tuning {
     pub advice: Advice,
     /// Pre-fault every mapping (`MAP_POPULATE`).
     pub populate: bool,
+    /// Copy writes of two pages or more through the mapping too (by default they are
+    /// written with `pwrite` into the same page cache: see [`Segment::write_at`]).
+    pub map_writes: bool,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { backend: Backend::Mmap, advice: Advice::Random, populate: false }
+        Tuning { backend: Backend::Mmap, advice: Advice::Random, populate: false, map_writes: false }
     }
 }
 
@@ -53,6 +56,8 @@ pub(crate) struct Segment {
     /// Read ahead exactly the ranges the daemon touches (with `MADV_RANDOM`, which turns the
     /// kernel's fault read-around off).
     prefetch: bool,
+    /// [`Tuning::map_writes`].
+    map_writes: bool,
     /// One bit per 4 KiB: written on disk, and that allocation committed, since this mount
     /// (see `Store::fsync`). Starts clear: nothing is assumed about a store just opened. A
     /// settled block stays written until [`Segment::punch`] gives it back, which clears it
@@ -101,7 +106,14 @@ impl Segment {
 
     fn map(file: File, len: usize, t: &Tuning) -> io::Result<Segment> {
         if t.backend == Backend::Pread {
-            return Ok(Segment { file, map: None, len, prefetch: false, settled: settled_bits(len) });
+            return Ok(Segment {
+                file,
+                map: None,
+                len,
+                prefetch: false,
+                map_writes: false,
+                settled: settled_bits(len),
+            });
         }
         let mut o = MmapOptions::new();
         o.len(len);
@@ -113,7 +125,7 @@ impl Segment {
             log::warn!("madvise({:?}) on a segment failed: {e}", t.advice);
         }
         let prefetch = t.advice == Advice::Random;
-        Ok(Segment { file, map: Some(map), len, prefetch, settled: settled_bits(len) })
+        Ok(Segment { file, map: Some(map), len, prefetch, map_writes: t.map_writes, settled: settled_bits(len) })
     }
 
     /// Why `MADV_RANDOM` plus this is the default: a store through a mapping dirties the whole
@@ -170,6 +182,14 @@ impl Segment {
     pub(crate) fn write_at(&self, off: usize, data: &[u8]) -> io::Result<()> {
         self.check(off, data.len());
         let Some(map) = &self.map else { return self.file.write_all_at(data, off as u64) };
+        if !self.map_writes && data.len() >= 2 * PAGE {
+            // Into the same page-cache pages the mapping shows, without faulting them in one
+            // by one: a fault on a new block makes the kernel zero the page before the copy
+            // overwrites it, and dirtying through the mapping costs msync write-protect
+            // work. Measured on 1 MiB writes: about 1.3x the write rate, fsync 0.29 s instead
+            // of 0.40 s per GiB (docs/benchmarks.md). Small writes stay on the mapping.
+            return self.file.write_all_at(data, off as u64);
+        }
         self.prefetch(off, data.len());
         // SAFETY: in bounds by `check`; the destination is mapped writable (map_raw maps
         // read-write) and cannot overlap a caller's slice that is not itself in this mapping
