@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of mmapfs against tmpfs and ext4 on this machine, using fio.
+# Side-by-side benchmark of mmapfs against tmpfs, ext4 and libfuse's passthrough_hp (the C
+# reference FUSE filesystem, built by scripts/peers.sh) on this machine, using fio.
 #
 #   sudo scripts/bench.sh            # SIZE=1G FILES=20000 RUNS=3 RUNTIME=10 by default
 #
 # Rows: sequential 1 MiB write of SIZE with a final fsync, sequential 1 MiB read (cold: page
-# caches dropped; warm: cached), random 4 KiB reads (warm, psync), and create / stat / unlink of
-# FILES files (fio's filecreate/filestat/filedelete engines, 10 jobs of FILES/10 files each).
-# Each cell is the median of RUNS runs; the last columns are mmapfs's ratios to tmpfs and ext4.
-# The mmapfs store lives on the ext4 directory's filesystem, as a store on disk normally does.
+# caches dropped; warm: cached), random 4 KiB reads (warm, psync), random 4 KiB stores through
+# a shared mapping with one msync at the end (fio's mmap engine), fsx's mixed workload (read,
+# write, mapped read, mapped write + msync, truncate: `mmapfs-coherence fsx-timed`, 100,000
+# operations, seconds), and create / stat / unlink of FILES files (fio's filecreate/filestat/
+# filedelete engines, 10 jobs of FILES/10 files each). Each cell is the median of RUNS runs;
+# the last columns are mmapfs's ratios to the others (for seconds, lower is better). The
+# mmapfs store and passthrough_hp's directory live on the ext4 directory's filesystem.
 set -euo pipefail
 
 SIZE=${SIZE:-1G}
@@ -28,14 +32,20 @@ if ! command -v fio >/dev/null; then
 fi
 bench_setup bench
 
-mkdir -p "$WORK/tmpfs" "$WORK/ext4" "$WORK/mmapfs"
+PEER=$("$ROOT/scripts/peers.sh")
+COHERENCE=$ROOT/target/release/mmapfs-coherence
+mkdir -p "$WORK/tmpfs" "$WORK/ext4" "$WORK/mmapfs" "$WORK/passthrough_hp" "$WORK/ext4/.pt"
 mount -t tmpfs -o size=8G tmpfs "$WORK/tmpfs"
+"$PEER" --foreground "$WORK/ext4/.pt" "$WORK/passthrough_hp" >"$WORK/peer.log" 2>&1 &
+PEER_PID=$!
+wait_mounted "$WORK/passthrough_hp" "$PEER_PID" 10 || { cat "$WORK/peer.log"; exit 1; }
+trap 'unmount_quietly "$WORK/passthrough_hp"; bench_cleanup' EXIT
 EXT_FS=$(stat -f -c %T "$WORK/ext4")
 "$BIN" mount --store "$WORK/store" "$WORK/mmapfs" >"$WORK/daemon.log" 2>&1 &
 DAEMON=$!
 wait_mounted "$WORK/mmapfs" "$DAEMON" 10 || { cat "$WORK/daemon.log"; exit 1; }
 
-TARGETS=(tmpfs ext4 mmapfs)
+TARGETS=(tmpfs ext4 mmapfs passthrough_hp)
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 
@@ -77,6 +87,14 @@ for run in $(seq "$RUNS"); do
         v=$(fio_json "$d" --name=randr --rw=randread --bs=4k --size="$SIZE" --invalidate=0 --time_based --runtime="$RUNTIME" --filename=seq | metric read iops)
         record "rand read 4k warm (IOPS)" "$t" "$v"
         rm -f "$d/seq"
+        progress "run $run/$RUNS: $t: random 4 KiB stores through a mapping"
+        v=$(fio_json "$d" --name=mapw --rw=randwrite --bs=4k --size="$SIZE" --ioengine=mmap --end_fsync=1 --filename=map | metric write iops)
+        record "mmap rand 4k stores + msync (IOPS)" "$t" "$v"
+        rm -f "$d/map"
+        progress "run $run/$RUNS: $t: fsx mix"
+        v=$("$COHERENCE" fsx-timed "$d" --ops 100000 --seed "$run" | sed -n 's/.* in \([0-9.]*\) s.*/\1/p')
+        record "fsx mix 100k ops (s, lower better)" "$t" "$v"
+        rm -f "$d/fsx-timed"
         mkdir -p "$d/meta"
         for op in filecreate filestat filedelete; do
             progress "run $run/$RUNS: $t: $op"
@@ -97,12 +115,13 @@ for line in open(sys.argv[1]):
     name, target, value = line.rstrip("\n").split("\t")
     rows.setdefault(name, collections.defaultdict(list))[target].append(float(value))
 print(f"mmapfs benchmark — {platform.node()}, kernel {platform.release()}, file {sys.argv[3]}, "
-      f"median of {sys.argv[4]} runs; 'ext4' is a directory on {sys.argv[2]}, the mmapfs store is there too")
-head = f"{'':34}{'tmpfs':>12}{'ext4':>12}{'mmapfs':>12}{'÷tmpfs':>9}{'÷ext4':>9}"
-print(head)
+      f"median of {sys.argv[4]} runs; 'ext4' is a directory on {sys.argv[2]}, the mmapfs store and "
+      f"passthrough_hp's directory are there too")
+targets = ("tmpfs", "ext4", "passthrough_hp", "mmapfs")
+print(f"{'':36}" + "".join(f"{t:>15}" for t in targets) + "".join(f"{'÷' + t:>10}" for t in ("ext4", "pt_hp")))
 for name, by in rows.items():
     med = {t: statistics.median(v) for t, v in by.items()}
-    cells = "".join(f"{med.get(t, 0):>12,.1f}" if med.get(t, 0) < 100 else f"{med.get(t, 0):>12,.0f}" for t in ("tmpfs", "ext4", "mmapfs"))
-    r = lambda t: f"{med['mmapfs'] / med[t]:>9.2f}" if med.get(t) else f"{'-':>9}"
-    print(f"{name:34}{cells}{r('tmpfs')}{r('ext4')}")
+    cells = "".join(f"{med.get(t, 0):>15,.2f}" if med.get(t, 0) < 100 else f"{med.get(t, 0):>15,.0f}" for t in targets)
+    r = lambda t: f"{med['mmapfs'] / med[t]:>10.2f}" if med.get(t) else f"{'-':>10}"
+    print(f"{name:36}{cells}{r('ext4')}{r('passthrough_hp')}")
 PY

@@ -8,6 +8,7 @@ Experiments: matrix, fsync-cost, scaling, larger-than-memory. Run through script
 import csv
 import json
 import os
+import re
 import platform
 import shutil
 import subprocess
@@ -395,6 +396,10 @@ def build_peers():
                            check=False, env={**os.environ, "RUSTUP_TOOLCHAIN": "stable"})
     if simple.exists():
         built["fuser-simple"] = simple
+    # libfuse's multi-threaded C reference, from Debian's fuse3 source (scripts/peers.sh).
+    hp = subprocess.run([str(ROOT / "scripts" / "peers.sh")], capture_output=True, text=True)
+    if hp.returncode == 0 and Path(hp.stdout.strip()).exists():
+        built["passthrough_hp"] = Path(hp.stdout.strip())
     return built
 
 
@@ -409,6 +414,8 @@ class Peer:
         log = open(Path(work) / f"{name}.log", "w")
         if name.startswith("passthrough_ll"):
             cmd = [str(binary), "-f", "-o", f"source={data}", str(self.mnt)]
+        elif name.startswith("passthrough_hp"):
+            cmd = [str(binary), "--foreground", str(data), str(self.mnt)]
         else:
             cmd = [str(binary), "--data-dir", str(data), "--mount-point", str(self.mnt), "--n-threads", str(os.cpu_count())]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
@@ -421,6 +428,19 @@ class Peer:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def fsx_timed(directory, seed, ops=100_000):
+    """Seconds for fsx's mix (read, write, mapped read, mapped write + msync, truncate) in
+    `directory`, by the coherence exerciser (which checks every read)."""
+    exe = ROOT / "target" / "release" / "mmapfs-coherence"
+    out = subprocess.run([str(exe), "fsx-timed", str(directory), "--ops", str(ops), "--seed", str(seed)],
+                         capture_output=True, text=True)
+    m = re.search(r" in ([0-9.]+) s", out.stdout)
+    if out.returncode != 0 or not m:
+        raise RuntimeError(out.stdout + out.stderr)
+    (Path(directory) / "fsx-timed").unlink(missing_ok=True)
+    return float(m.group(1))
 
 
 def drop_caches():
@@ -451,6 +471,8 @@ def matrix(quick):
         ("rand read 4k mmap (IOPS)", dict(rw="randread", bs="4k", size=size, invalidate=0, ioengine="mmap", time_based=1, runtime=runtime), "read", "iops"),
         ("rand write 4k fsync/32 (IOPS)", dict(rw="randwrite", bs="4k", size=size, fsync=32, invalidate=0, time_based=1, runtime=runtime), "write", "iops"),
         ("rand write 4k mmap + msync/32 (IOPS)", dict(rw="randwrite", bs="4k", size=size, ioengine="mmap", fsync=32, invalidate=0, time_based=1, runtime=runtime), "write", "iops"),
+        ("rand 4k stores via mmap, msync at end (IOPS)", dict(rw="randwrite", bs="4k", size=size, ioengine="mmap", end_fsync=1), "write", "iops"),
+        ("fsx mix 100k ops (s, lower better)", "fsx", None, None),
     ]
     rows, counters = [], {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
@@ -478,8 +500,11 @@ def matrix(quick):
                             if "cold" in label:
                                 drop_caches()
                             try:
-                                j = fio(d, filename="f", **job)
-                                v = j[side]["bw"] / 1024 if metric == "bw" else j[side]["iops"]
+                                if job == "fsx":
+                                    v = fsx_timed(d, run + 1)
+                                else:
+                                    j = fio(d, filename="f", **job)
+                                    v = j[side]["bw"] / 1024 if metric == "bw" else j[side]["iops"]
                             except RuntimeError:
                                 v = float("nan")
                             rows.append({"run": run, "target": name, "workload": label, "value": round(v, 1)})
@@ -525,7 +550,7 @@ def matrix(quick):
     table = [{"workload": w, **{t: med[(t, w)] for t in names},
               "mmapfs/tmpfs": round(med[("mmapfs", w)] / med[("tmpfs", w)], 2) if med[("tmpfs", w)] else None,
               **{f"mmapfs/{p}": round(med[("mmapfs", w)] / med[(p, w)], 2) if med.get((p, w)) else None
-                 for p in ("ext4", "passthrough_ll", "fuser-simple") if p in names}}
+                 for p in ("ext4", "passthrough_ll", "passthrough_hp", "fuser-simple") if p in names}}
              for w in labels]
     print("\n" + " | ".join(["workload", *names]))
     for r in table:

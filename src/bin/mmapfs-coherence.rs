@@ -148,6 +148,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("durability-fdatasync", |o, w| durability(o, w, Sync::Fdatasync)),
     ("large-file", large_file),
     ("fsx", fsx),
+    ("fsx-timed", fsx_timed),
 ];
 
 // ---------------------------------------------------------------- helpers
@@ -769,3 +770,74 @@ fn fsx(o: &Opts, w: &Path) -> Outcome {
     }
     Ok(())
 }
+
+/// fsx's classic mix, timed (a benchmark row of scripts/bench.sh and the experiment matrix,
+/// and one more coherence check): read, write, mapped read, mapped write + msync, truncate,
+/// equally likely, on one file of up to 256 KiB with operations up to 64 KiB; every read and
+/// mapped read is checked against the model (not the whole file after every operation, as
+/// `fsx` does, which would time the checking). Each mapped operation maps and unmaps the
+/// file, as fsx does. Prints the elapsed time.
+fn fsx_timed(o: &Opts, w: &Path) -> Outcome {
+    const MAX: u64 = 256 * 1024;
+    const OPLEN: u64 = 64 * 1024;
+    let seed = if o.seed == 0 { 1 } else { o.seed };
+    let mut rng = Rng::new(seed);
+    let p = w.join("fsx-timed");
+    let f = open_rw(&p, true)?;
+    io(f.set_len(0), "truncate")?;
+    let mut model: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; OPLEN as usize];
+    let started = Instant::now();
+    for n in 0..o.ops {
+        let size = model.len() as u64;
+        let fail = |what: &str, off: u64, len: u64| format!("op {n}: {what} {off}+{len} differs (seed {seed})");
+        match rng.below(5) {
+            0 if size > 0 => {
+                let off = rng.below(size);
+                let len = 1 + rng.below(OPLEN.min(size - off));
+                let b = &mut buf[..len as usize];
+                io(f.read_exact_at(b, off), "read")?;
+                check(*b == model[off as usize..(off + len) as usize], || fail("read", off, len))?;
+            }
+            1 => {
+                let off = rng.below(MAX);
+                let len = 1 + rng.below(OPLEN.min(MAX - off));
+                let d = &mut buf[..len as usize];
+                rng.fill(d);
+                io(f.write_all_at(d, off), "write")?;
+                let end = (off + len) as usize;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(d);
+            }
+            2 if size > 0 => {
+                let off = rng.below(size);
+                let len = 1 + rng.below(OPLEN.min(size - off));
+                let m = map_file(&f, size as usize, true)?;
+                check(m.equals(off as usize, &model[off as usize..(off + len) as usize]), || fail("mapread", off, len))?;
+            }
+            3 if size > 0 => {
+                let off = rng.below(size);
+                let len = 1 + rng.below(OPLEN.min(size - off));
+                let d = &mut buf[..len as usize];
+                rng.fill(d);
+                let m = map_file(&f, size as usize, true)?;
+                m.copy_in(off as usize, d);
+                msync(&m)?;
+                model[off as usize..(off + len) as usize].copy_from_slice(d);
+            }
+            4 => {
+                let len = rng.below(MAX);
+                io(f.set_len(len), "truncate")?;
+                model.resize(len as usize, 0);
+            }
+            _ => continue,
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    verify(&f, None, &model, || format!("after {} operations (seed {seed})", o.ops))?;
+    println!("fsx-timed: {} operations in {took:.3} s (seed {seed})", o.ops);
+    Ok(())
+}
+
