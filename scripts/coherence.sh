@@ -70,12 +70,13 @@ run_target() {
         case $s in
             fsx-fixed-seed) scen=fsx; args=(--seed "$FSX_SEED" --ops "$FSX_OPS") ;;
             fsx-random-seed) scen=fsx; args=(--seed "$RANDOM_SEED" --ops "$FSX_OPS") ;;
+            fsx-timed) args=(--ops $((FSX_OPS / 5))) ;;
             large-file) args=(--size "$LARGE_BYTES") ;;
             durability-*) args=(--seed "$RANDOM_SEED") ;;
         esac
         if [ -n "$daemon" ]; then
             args+=(--daemon "$daemon")
-            case $s in fsx-*) args+=(--remount-every $((FSX_OPS / 4))) ;; esac
+            case $s in fsx-fixed-seed | fsx-random-seed) args+=(--remount-every $((FSX_OPS / 4))) ;; esac
         fi
         # The large file runs with the daemon in a memory cgroup well below the file's size.
         if [ "$s" = large-file ] && [ -n "$store" ] && [ -d /sys/fs/cgroup/memory ]; then
