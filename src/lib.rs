@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod fs;
+pub mod inspect;
 pub mod rng;
 pub mod stats;
 pub mod store;

@@ -92,6 +92,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show where the bytes are: each segment's fill, free-space fragmentation and how much
+    /// of it the page cache holds (resident, dirty); for a file in a mounted mmapfs (or
+    /// --inode N), its extents (segment, offset, length) and resident bytes. Reads a mounted
+    /// store too, changing nothing.
+    Inspect {
+        /// A store directory, an mmapfs mountpoint, or a file in one [default: the default store]
+        path: Option<PathBuf>,
+        /// The inode to show (for a store that is not mounted)
+        #[arg(long, value_name = "N")]
+        inode: Option<u64>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+        /// Also draw the store map (segments × blocks: free, used, resident, dirty) into FILE
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
+    },
     /// Print a shell completion script: `mmapfs completions bash > /etc/bash_completion.d/mmapfs`
     Completions {
         /// The shell
@@ -259,6 +276,9 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Fsck { store, json } => return fsck(&store.unwrap_or_else(default_store), json),
+        Cmd::Inspect { path, inode, json, png } => {
+            inspect(&path.unwrap_or_else(default_store), inode, json, png.as_deref())
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "mmapfs", &mut std::io::stdout());
             Ok(())
@@ -807,6 +827,38 @@ fn write_snapshot(s: &Snapshot, dir: &Path) {
         .and_then(|()| std::fs::rename(&tmp, dir.join("stats.json")));
     if let Err(e) = r {
         log::warn!("cannot write {}: {e}", dir.join("stats.json").display());
+    }
+}
+
+/// `mmapfs inspect`: resolves PATH to a store (and a file's inode) and reports.
+fn inspect(path: &Path, inode: Option<u64>, json: bool, png: Option<&Path>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, ino) = if path.join("superblock").is_file() {
+        (path.to_path_buf(), inode)
+    } else if let Some(store) = store_of_mount(path) {
+        (store, inode)
+    } else {
+        // A file in a mounted mmapfs: its mount is the nearest ancestor with an mmapfs source.
+        let full = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+        let store = full.ancestors().skip(1).find_map(store_of_mount).ok_or_else(|| {
+            format!("{} is neither an mmapfs store, an mmapfs mountpoint, nor a file in one", path.display())
+        })?;
+        let ino = std::fs::metadata(&full).map_err(|e| format!("{}: {e}", path.display()))?.ino();
+        (store, Some(ino))
+    };
+    let i = store::inspect::inspect(&dir, ino).map_err(|e| format!("inspecting {}: {e}", dir.display()))?;
+    if let Some(out) = png {
+        mmapfs::inspect::png(&i, out, &format!("{}", path.display()))?;
+    }
+    let out = if json {
+        serde_json::to_string_pretty(&mmapfs::inspect::json(&i)).unwrap_or_default() + "\n"
+    } else {
+        mmapfs::inspect::text(&i, &path.display().to_string())
+    };
+    // A reader that stops early (`| head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing the report: {e}")),
+        _ => Ok(()),
     }
 }
 

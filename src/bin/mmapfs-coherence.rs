@@ -815,7 +815,9 @@ fn fsx_timed(o: &Opts, w: &Path) -> Outcome {
                 let off = rng.below(size);
                 let len = 1 + rng.below(OPLEN.min(size - off));
                 let m = map_file(&f, size as usize, true)?;
-                check(m.equals(off as usize, &model[off as usize..(off + len) as usize]), || fail("mapread", off, len))?;
+                check(m.equals(off as usize, &model[off as usize..(off + len) as usize]), || {
+                    fail("mapread", off, len)
+                })?;
             }
             3 if size > 0 => {
                 let off = rng.below(size);
@@ -840,4 +842,3 @@ fn fsx_timed(o: &Opts, w: &Path) -> Outcome {
     println!("fsx-timed: {} operations in {took:.3} s (seed {seed})", o.ops);
     Ok(())
 }
-

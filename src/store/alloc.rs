@@ -96,6 +96,11 @@ impl Allocator {
         self.segments
     }
 
+    /// The free runs, by start block (adjacent runs of one segment merged).
+    pub fn free_runs(&self) -> impl Iterator<Item = Run> + '_ {
+        self.free.iter().map(|(&start, &len)| Run { start, len })
+    }
+
     /// Free blocks in the existing segments.
     pub fn free_blocks(&self) -> u64 {
         self.free_blocks

@@ -15,6 +15,7 @@ mod error;
 pub mod faults;
 mod files;
 pub mod fsck;
+pub mod inspect;
 pub(crate) mod journal;
 mod merge;
 pub(crate) mod meta;
