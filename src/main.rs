@@ -48,10 +48,14 @@ enum Cmd {
         /// Journal size that triggers a checkpoint (bounds mount time)
         #[arg(long, value_name = "SIZE", default_value_t = Size(OpenOptions::default().journal_limit))]
         journal_limit: Size,
-        /// How the daemon reaches file data: its segment mappings, or pread/pwrite on the
-        /// segment files (fsync is then fdatasync)
+        /// How the daemon reaches file data: its segment mappings, pread/pwrite on the
+        /// segment files (fsync is then fdatasync), or direct: O_DIRECT I/O into the daemon's
+        /// own buffer pool (CLOCK eviction, written through)
         #[arg(long, value_enum, default_value_t = Tuning::default().backend.into())]
         backend: BackendArg,
+        /// Size of the direct backend's buffer pool [default: an eighth of the memory]
+        #[arg(long, value_name = "SIZE")]
+        pool_size: Option<Size>,
         /// madvise() on the segment mappings; with `random` the daemon reads ahead exactly
         /// the ranges requests touch (the default: keeps page-cache folios small, so a
         /// scattered write costs one page of writeback at fsync)
@@ -135,6 +139,7 @@ enum Cmd {
 enum BackendArg {
     Mmap,
     Pread,
+    Direct,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
@@ -189,6 +194,7 @@ impl From<BackendArg> for Backend {
         match b {
             BackendArg::Mmap => Backend::Mmap,
             BackendArg::Pread => Backend::Pread,
+            BackendArg::Direct => Backend::Direct,
         }
     }
 }
@@ -198,6 +204,7 @@ impl From<Backend> for BackendArg {
         match b {
             Backend::Mmap => BackendArg::Mmap,
             Backend::Pread => BackendArg::Pread,
+            Backend::Direct => BackendArg::Direct,
         }
     }
 }
@@ -298,10 +305,17 @@ fn main() -> ExitCode {
             madvise,
             populate,
             map_writes,
+            pool_size,
             sync,
         } => {
             let mut cfg = MountConfig::new(store.unwrap_or_else(default_store), mountpoint);
-            let tuning = Tuning { backend: backend.into(), advice: madvise.advice(), populate, map_writes };
+            let tuning = Tuning {
+                backend: backend.into(),
+                advice: madvise.advice(),
+                populate,
+                map_writes,
+                pool_size: pool_size.map_or(Tuning::default().pool_size, |s| s.0),
+            };
             cfg.store_opts = OpenOptions {
                 format: FormatOptions { segment_size: segment_size.0, capacity: capacity.0 },
                 journal_limit: journal_limit.0,
@@ -773,6 +787,7 @@ fn snapshot(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
         ("madvise", format!("{:?}", o.tuning.advice).to_lowercase()),
         ("populate", o.tuning.populate.to_string()),
         ("map_writes", o.tuning.map_writes.to_string()),
+        ("pool_size", o.tuning.pool_size.to_string()),
         ("sync", format!("{:?}", o.sync).to_lowercase()),
         ("cache", mode.to_string()),
         ("threads", cfg.threads.to_string()),
@@ -803,6 +818,13 @@ fn snapshot(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
         used_bytes: used,
         capacity_bytes: store.superblock().capacity,
         inodes,
+        pool: store.pool_counters().map(|([hits, misses, evictions, writes], bytes)| stats::PoolStats {
+            bytes,
+            hits,
+            misses,
+            evictions,
+            writes,
+        }),
     }
 }
 

@@ -202,6 +202,20 @@ pub struct Snapshot {
     pub used_bytes: u64,
     pub capacity_bytes: u64,
     pub inodes: u64,
+    /// The `direct` backend's buffer pool.
+    #[serde(default)]
+    pub pool: Option<PoolStats>,
+}
+
+/// The `direct` backend's buffer pool: its size, and page hits, misses (reads from the
+/// segment files), evictions and pages written to the segment files.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub writes: u64,
 }
 
 impl Snapshot {
@@ -233,6 +247,18 @@ impl Snapshot {
         metric("segments_mapped", "gauge", "Segment files mapped.", one(self.segments_mapped as f64));
         if let Some(r) = self.resident_bytes {
             metric("resident_bytes", "gauge", "Bytes of the segments in the page cache.", one(r as f64));
+        }
+        if let Some(p) = &self.pool {
+            metric("pool_bytes", "gauge", "Size of the direct backend's buffer pool.", one(p.bytes as f64));
+            metric("pool_hits_total", "counter", "Buffer pool page hits.", one(p.hits as f64));
+            metric(
+                "pool_misses_total",
+                "counter",
+                "Buffer pool misses (pages read with O_DIRECT).",
+                one(p.misses as f64),
+            );
+            metric("pool_evictions_total", "counter", "Buffer pool pages evicted.", one(p.evictions as f64));
+            metric("pool_writes_total", "counter", "Pages written with O_DIRECT.", one(p.writes as f64));
         }
         metric("used_bytes", "gauge", "Bytes of file data stored.", one(self.used_bytes as f64));
         metric("capacity_bytes", "gauge", "The store's capacity.", one(self.capacity_bytes as f64));
@@ -290,7 +316,19 @@ impl Snapshot {
         let _ = writeln!(s, "msync: {} calls, {} bytes, {:.1} ms", self.msync_calls, self.msync_bytes, self.msync_ms);
         let _ = writeln!(s, "journal: {} appends, {} syncs", self.journal_appends, self.journal_syncs);
         let _ = writeln!(s, "daemon page faults: {} minor, {} major", self.minor_faults, self.major_faults);
+        if let Some(p) = &self.pool {
+            let _ = writeln!(
+                s,
+                "buffer pool: {} MiB; {} hits, {} misses, {} evictions, {} pages written",
+                p.bytes >> 20,
+                p.hits,
+                p.misses,
+                p.evictions,
+                p.writes
+            );
+        }
         let resident = self.resident_bytes.map_or("n/a (pread backend)".to_string(), |r| format!("{} MiB", r >> 20));
+        let resident = if self.pool.is_some() { format!("{resident} (in the buffer pool)") } else { resident };
         let _ = writeln!(s, "segments: {} mapped, resident {resident}", self.segments_mapped);
         let _ = writeln!(
             s,

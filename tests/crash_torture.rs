@@ -362,9 +362,23 @@ fn brief(seen: &(Shape, BTreeSet<String>), want: &Model) -> String {
 
 #[test]
 fn four_clients_survive_kill_9_and_fsck_finds_the_store_clean() {
-    const CLIENTS: usize = 4;
     let rounds: usize = std::env::var("MMAPFS_TORTURE_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
-    let mut m = Mounted::new(&["--journal-limit", "256K", "--segment-size", "4M"]);
+    torture(rounds, &[]);
+}
+
+/// The same with the direct backend (O_DIRECT into the daemon's pool, written through) and a
+/// pool small enough to evict all the time.
+#[test]
+fn the_direct_backend_survives_kill_9_too() {
+    let rounds: usize = std::env::var("MMAPFS_TORTURE_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30) / 3;
+    torture(rounds.max(1), &["--backend", "direct", "--pool-size", "4M"]);
+}
+
+fn torture(rounds: usize, extra: &[&str]) {
+    const CLIENTS: usize = 4;
+    let mut args = vec!["--journal-limit", "256K", "--segment-size", "4M"];
+    args.extend_from_slice(extra);
+    let mut m = Mounted::new(&args);
     let mut rng = common::seeded_rng();
     let mut models: Vec<Model> = vec![Model::default(); CLIENTS];
     for c in 0..CLIENTS {

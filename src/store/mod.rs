@@ -21,6 +21,7 @@ mod merge;
 pub(crate) mod meta;
 mod namespace;
 mod open;
+pub mod pool;
 mod segment;
 pub(crate) mod superblock;
 mod sync;
@@ -163,6 +164,8 @@ pub struct Store {
     sb: Superblock,
     bs: u64,
     segments: Vec<OnceLock<Segment>>,
+    /// The `direct` backend's buffer pool.
+    pool: Option<std::sync::Arc<pool::Pool>>,
     alloc: Mutex<Allocator>,
     journal: journal::Journal,
     table: Table,
@@ -488,6 +491,14 @@ impl Store {
         let free = lock(&self.alloc).free_blocks();
         let used = segs.len() as u64 * self.sb.blocks_per_segment() - free;
         (segs.len() as u64, resident, used * self.bs, self.table.len() as u64)
+    }
+
+    /// The `direct` backend's pool counters (hits, misses, evictions, pages written) and size.
+    pub fn pool_counters(&self) -> Option<([u64; 4], u64)> {
+        let p = self.pool.as_ref()?;
+        let c = &p.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Some(([l(&c.hits), l(&c.misses), l(&c.evictions), l(&c.writes)], p.bytes()))
     }
 
     /// Journal counters: (records appended, syncs).

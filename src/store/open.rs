@@ -330,9 +330,15 @@ impl Store {
         }
         let seg_dir = dir.join("segments");
         let segments: Vec<OnceLock<Segment>> = (0..sb.max_segments()).map(|_| OnceLock::new()).collect();
+        let pool = match opts.tuning.backend {
+            super::Backend::Direct => Some(std::sync::Arc::new(super::pool::Pool::new(opts.tuning.pool_size)?)),
+            _ => None,
+        };
         for (i, slot) in segments.iter().enumerate().take(count as usize) {
             let path = seg_dir.join(format!("{i:06}.seg"));
-            let seg = Segment::open(&path, sb.segment_size as usize, &opts.tuning).map_err(|e| corrupt_at(&path, e))?;
+            let seg =
+                Segment::open(&path, sb.segment_size as usize, &opts.tuning, pool.as_ref().map(|p| (p, i as u32)))
+                    .map_err(|e| corrupt_at(&path, e))?;
             let _ = slot.set(seg);
         }
         let meta_dir = dir.join("meta");
@@ -350,6 +356,7 @@ impl Store {
             sb,
             bs: sb.block_size as u64,
             segments,
+            pool,
             alloc: Mutex::new(alloc),
             journal,
             table,

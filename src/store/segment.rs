@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +26,8 @@ pub enum Backend {
     Mmap,
     /// Through `pread`/`pwrite` on the segment files; fsync is `fdatasync`.
     Pread,
+    /// `O_DIRECT` I/O into the daemon's own buffer pool (`pool.rs`), written through.
+    Direct,
 }
 
 /// How segments are mapped and reached. Default: mmap backend, `MADV_RANDOM` with the
@@ -40,11 +42,19 @@ pub struct Tuning {
     /// Copy writes of two pages or more through the mapping too (by default they are
     /// written with `pwrite` into the same page cache: see [`Segment::write_at`]).
     pub map_writes: bool,
+    /// Bytes of the `direct` backend's buffer pool.
+    pub pool_size: u64,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { backend: Backend::Mmap, advice: Advice::Random, populate: false, map_writes: false }
+        Tuning {
+            backend: Backend::Mmap,
+            advice: Advice::Random,
+            populate: false,
+            map_writes: false,
+            pool_size: default_pool_size(),
+        }
     }
 }
 
@@ -58,6 +68,8 @@ pub(crate) struct Segment {
     prefetch: bool,
     /// [`Tuning::map_writes`].
     map_writes: bool,
+    /// Set with the `direct` backend.
+    direct: Option<Direct>,
     /// One bit per 4 KiB: written on disk, and that allocation committed, since this mount
     /// (see `Store::fsync`). Starts clear: nothing is assumed about a store just opened. A
     /// settled block stays written until [`Segment::punch`] gives it back, which clears it
@@ -68,10 +80,31 @@ pub(crate) struct Segment {
 /// The page (and ext4/XFS block) size: granularity of the settled bits and of read-ahead.
 const PAGE: usize = 4096;
 
+/// The `direct` backend's default pool: an eighth of the machine's memory.
+pub fn default_pool_size() -> u64 {
+    // SAFETY: sysconf has no memory arguments.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    (pages.max(0) as u64 * 4096 / 8).max((super::pool::MIN_FRAMES * super::pool::FRAME) as u64)
+}
+
+/// A segment of the `direct` backend: its pages live in the store's pool.
+pub(crate) struct Direct {
+    pub pool: std::sync::Arc<super::pool::Pool>,
+    /// The segment's index (its pages' key in the pool).
+    pub seg: u32,
+    /// The segment file opened with `O_DIRECT`.
+    pub file: File,
+}
+
 impl Segment {
     /// Creates the segment file at `path` with `len` bytes reserved on disk, durably
     /// (written to `path.tmp`, synced, renamed, directory synced), then maps it.
-    pub(crate) fn create(path: &Path, len: usize, t: &Tuning) -> io::Result<Segment> {
+    pub(crate) fn create(
+        path: &Path,
+        len: usize,
+        t: &Tuning,
+        pool: Option<(&std::sync::Arc<super::pool::Pool>, u32)>,
+    ) -> io::Result<Segment> {
         let tmp = path.with_extension("seg.tmp");
         let made = (|| -> io::Result<File> {
             faults::check(Point::SegmentCreate)?;
@@ -88,11 +121,16 @@ impl Segment {
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        Self::map(file, len, t)
+        Self::map(file, path, len, t, pool)
     }
 
     /// Opens an existing segment file, which must be exactly `len` bytes long.
-    pub(crate) fn open(path: &Path, len: usize, t: &Tuning) -> io::Result<Segment> {
+    pub(crate) fn open(
+        path: &Path,
+        len: usize,
+        t: &Tuning,
+        pool: Option<(&std::sync::Arc<super::pool::Pool>, u32)>,
+    ) -> io::Result<Segment> {
         let file = files::open(path, OpenOptions::new().read(true).write(true))?;
         let actual = file.metadata()?.len();
         if actual != len as u64 {
@@ -101,17 +139,33 @@ impl Segment {
                 format!("segment {} is {actual} bytes, the superblock says {len}", path.display()),
             ));
         }
-        Self::map(file, len, t)
+        Self::map(file, path, len, t, pool)
     }
 
-    fn map(file: File, len: usize, t: &Tuning) -> io::Result<Segment> {
-        if t.backend == Backend::Pread {
+    fn map(
+        file: File,
+        path: &Path,
+        len: usize,
+        t: &Tuning,
+        pool: Option<(&std::sync::Arc<super::pool::Pool>, u32)>,
+    ) -> io::Result<Segment> {
+        if t.backend != Backend::Mmap {
+            let direct = match (t.backend, pool) {
+                (Backend::Direct, Some((pool, seg))) => Some(Direct {
+                    pool: pool.clone(),
+                    seg,
+                    file: files::open(path, OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT))?,
+                }),
+                (Backend::Direct, None) => return Err(io::Error::other("the direct backend needs a pool")),
+                _ => None,
+            };
             return Ok(Segment {
                 file,
                 map: None,
                 len,
                 prefetch: false,
                 map_writes: false,
+                direct,
                 settled: settled_bits(len),
             });
         }
@@ -125,7 +179,15 @@ impl Segment {
             log::warn!("madvise({:?}) on a segment failed: {e}", t.advice);
         }
         let prefetch = t.advice == Advice::Random;
-        Ok(Segment { file, map: Some(map), len, prefetch, map_writes: t.map_writes, settled: settled_bits(len) })
+        Ok(Segment {
+            file,
+            map: Some(map),
+            len,
+            prefetch,
+            map_writes: t.map_writes,
+            direct: None,
+            settled: settled_bits(len),
+        })
     }
 
     /// Why `MADV_RANDOM` plus this is the default: a store through a mapping dirties the whole
@@ -147,6 +209,9 @@ impl Segment {
 
     /// Bytes of this segment in the page cache (`mincore`); `None` without a mapping.
     pub(crate) fn resident(&self) -> Option<u64> {
+        if let Some(d) = &self.direct {
+            return Some(d.pool.resident(d.seg) * super::pool::FRAME as u64);
+        }
         let map = self.map.as_ref()?;
         let page = super::superblock::page_size() as usize;
         let mut vec = vec![0u8; self.len.div_ceil(page)];
@@ -168,6 +233,9 @@ impl Segment {
     /// Copies `buf.len()` bytes at `off` out of the mapping.
     pub(crate) fn read_at(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
         self.check(off, buf.len());
+        if let Some(d) = &self.direct {
+            return d.pool.read(&d.file, d.seg, off, buf);
+        }
         let Some(map) = &self.map else { return self.file.read_exact_at(buf, off as u64) };
         self.prefetch(off, buf.len());
         // SAFETY: `check` proved `off..off+len` lies inside the live mapping; the source is
@@ -181,6 +249,9 @@ impl Segment {
     /// Copies `data` into the mapping at `off`.
     pub(crate) fn write_at(&self, off: usize, data: &[u8]) -> io::Result<()> {
         self.check(off, data.len());
+        if let Some(d) = &self.direct {
+            return d.pool.write(&d.file, d.seg, off, Some(data), data.len());
+        }
         let Some(map) = &self.map else { return self.file.write_all_at(data, off as u64) };
         if !self.map_writes && data.len() >= 2 * PAGE {
             // Into the same page-cache pages the mapping shows, without faulting them in one
@@ -203,6 +274,9 @@ impl Segment {
     /// Fills `len` bytes at `off` with zeros.
     pub(crate) fn zero(&self, off: usize, len: usize) -> io::Result<()> {
         self.check(off, len);
+        if let Some(d) = &self.direct {
+            return d.pool.write(&d.file, d.seg, off, None, len);
+        }
         let Some(map) = &self.map else {
             const ZEROS: [u8; 4096] = [0; 4096];
             let mut at = off;
@@ -259,6 +333,9 @@ impl Segment {
 
     fn sync_file_range(&self, off: usize, len: usize, flags: libc::c_uint) -> io::Result<()> {
         self.check(off, len);
+        if self.direct.is_some() {
+            return Ok(()); // written through: nothing in the page cache to write back
+        }
         // SAFETY: a plain syscall on an fd we own; no memory is passed.
         let rc = unsafe { libc::sync_file_range(self.file.as_raw_fd(), off as i64, len as i64, flags) };
         if rc != 0 {
@@ -290,6 +367,9 @@ impl Segment {
         // Punched blocks are no longer written on disk: not settled any more (see `settled`).
         for u in units(off, len) {
             self.settled[u / 64].fetch_and(!(1 << (u % 64)), Ordering::Release);
+        }
+        if let Some(d) = &self.direct {
+            d.pool.forget(d.seg, off, len);
         }
         self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
     }
@@ -351,10 +431,12 @@ mod tests {
     fn create_write_read_sync_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("000000.seg");
-        for backend in [Backend::Mmap, Backend::Pread] {
+        let pool = std::sync::Arc::new(super::super::pool::Pool::new(0).unwrap());
+        for backend in [Backend::Mmap, Backend::Pread, Backend::Direct] {
             let t = Tuning { backend, ..Tuning::default() };
+            let p = (backend == Backend::Direct).then_some((&pool, 0));
             let _ = std::fs::remove_file(&path);
-            let seg = Segment::create(&path, 1 << 20, &t).unwrap();
+            let seg = Segment::create(&path, 1 << 20, &t, p).unwrap();
             seg.write_at(4095, b"hello").unwrap();
             let mut buf = [0u8; 7];
             seg.read_at(4094, &mut buf).unwrap();
@@ -362,17 +444,18 @@ mod tests {
             seg.sync_range(4095, 5).unwrap();
             seg.zero(4096, 2).unwrap();
             drop(seg);
-            let seg = Segment::open(&path, 1 << 20, &t).unwrap();
+            pool.forget(0, 0, 1 << 20);
+            let seg = Segment::open(&path, 1 << 20, &t, p).unwrap();
             seg.read_at(4095, &mut buf[..5]).unwrap();
             assert_eq!(&buf[..5], b"h\0\0lo");
             // SAFETY: single-threaded test, nobody writes the mapping.
             assert_eq!(unsafe { seg.slice(4095, 5) }.is_some(), backend == Backend::Mmap);
-            assert_eq!(seg.resident().is_some(), backend == Backend::Mmap);
+            assert_eq!(seg.resident().is_some(), backend != Backend::Pread);
             assert!(!seg.settled(0, 1), "nothing is settled in a segment just opened");
             seg.mark_settled(4096, 8192);
             assert!(seg.settled(4096, 8192) && seg.settled(5000, 10) && seg.settled(12287, 1));
             assert!(!seg.settled(4095, 2) && !seg.settled(8192, 4097) && !seg.settled(0, 4096));
-            assert!(Segment::open(&path, 1 << 21, &t).is_err());
+            assert!(Segment::open(&path, 1 << 21, &t, p).is_err());
         }
     }
 }
