@@ -248,123 +248,199 @@ def faults(pid):
     return int(f[7]), int(f[9]), int(io["read_bytes"])
 
 
-def larger_than_memory(quick):
+def tlb_shootdowns():
+    """TLB shootdown interrupts so far, summed over the CPUs (/proc/interrupts' TLB line)."""
+    for line in open("/proc/interrupts"):
+        if line.strip().startswith("TLB:"):
+            return sum(int(x) for x in line.split()[1:] if x.isdigit())
+    return 0
+
+
+def cg_stat(cg, key):
+    for line in open(cg / "memory.stat"):
+        k, v = line.split()
+        if k == key:
+            return int(v)
+    return 0
+
+
+class RamDevice:
+    """A RAM-backed block device for the store (zram, LZ4, holding fio's incompressible
+    data uncompressed), with ext4 on it, mounted under `work`; removed on exit. zram's memory is
+    the kernel's, not charged to the experiment's memory cgroup."""
+
+    def __init__(self, work, size):
+        control = Path("/sys/class/zram-control/hot_add")
+        if not control.exists():
+            raise RuntimeError("this kernel has no zram: no RAM-backed device")
+        self.n = int(control.read_text())
+        self.dev = f"/dev/zram{self.n}"
+        blk = Path(f"/sys/block/zram{self.n}")
+        try:
+            (blk / "comp_algorithm").write_text("lz4")
+        except OSError:
+            pass
+        (blk / "disksize").write_text(str(size))
+        subprocess.run(["mkfs.ext4", "-q", "-F", self.dev], check=True)
+        self.path = Path(work) / f"zram{self.n}"
+        self.path.mkdir()
+        subprocess.run(["mount", self.dev, str(self.path)], check=True)
+
+    def close(self):
+        subprocess.run(["umount", "-l", str(self.path)])
+        time.sleep(0.5)
+        try:
+            Path("/sys/class/zram-control/hot_remove").write_text(str(self.n))
+        except OSError as e:
+            print(f"\nzram{self.n} not removed: {e}", file=sys.stderr)
+
+
+def larger_than_memory(quick, opts):
     """Random 4 KiB reads over data sets from 1/4 to 8 times the memory the daemon and its
-    client may use (both in one cgroup-v1 memory cgroup): mmap vs pread backend, IOPS over time
-    with the daemon's page faults — the "Are You Sure You Want to Use MMAP" question through FUSE.
-    Reads are O_DIRECT, so every one reaches the daemon and only its buffer management (the
-    segment page cache behind its mappings or its preads) is measured."""
-    limit = (128 if quick else 512) << 20
-    ratios = [0.25, 0.5, 1, 2, 4] + ([] if quick else [8])
-    runtime = 10 if quick else 30
-    biggest = int(limit * ratios[-1])
+    client may use (both in one cgroup-v1 memory cgroup), for each backend — mmap (the segment
+    page cache behind the daemon's mappings), pread (the same page cache through pread) and
+    direct (O_DIRECT into the daemon's own buffer pool, CLOCK) — on the real disk and on a
+    RAM-backed device, with IOPS over time like the CIDR 2022 paper's figure, and a sequential
+    scan of the largest data set. Reads are O_DIRECT on the FUSE file, so every one reaches the
+    daemon and only its buffer management is measured."""
+    limit = opts.limit or ((128 if quick else 512) << 20)
+    ratios = opts.ratios or ([0.25, 0.5, 1, 2, 4] + ([] if quick else [8]))
+    runtime = opts.runtime or (10 if quick else 30)
+    backends = opts.backends or ["mmap", "pread", "direct"]
+    devices = opts.devices or ["disk", "ram"]
+    jobs = opts.jobs or 2
+    pool = max(limit - (64 << 20), limit // 2)
+    biggest = int(limit * max(ratios))
     rows, series, counters = [], [], {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
-        progress(f"laying out {biggest >> 20} MiB")
-        with Mmapfs(work, "ltm", []) as m:
-            fio(m.mnt, rw="write", bs="1M", size=biggest, filename="f", end_fsync=1)
-        for backend in ("mmap", "pread"):
-            for ratio in ratios:
-                size = int(limit * ratio)
-                name = f"mmapfs-ltm-{os.getpid()}-{backend}-{ratio}"
-                drop_caches()
-                cg = memcg(name, limit)
-                try:
-                    with Mmapfs(work, "ltm", ["--backend", backend], cgroup=cg) as m:
-                        pid = m.proc.pid
-                        log = Path(work) / f"iops-{backend}-{ratio}"
-                        cmd = ["fio", f"--directory={m.mnt}", "--name=job", "--filename=f", "--rw=randread",
-                               "--bs=4k", f"--size={size}", "--direct=1", "--numjobs=2", "--group_reporting=1",
-                               "--time_based=1", f"--runtime={runtime}", "--randrepeat=0", "--output-format=json",
-                               f"--write_iops_log={log}", "--log_avg_msec=1000"]
-                        f0 = faults(pid)
-                        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=join(cg))
-                        t0, samples = time.time(), []
-                        while proc.poll() is None:
-                            time.sleep(1)
-                            f = faults(pid)
-                            usage = int((cg / "memory.usage_in_bytes").read_text())
-                            samples.append((round(time.time() - t0, 1), f[0] - f0[0], f[1] - f0[1], usage >> 20,
-                                            (f[2] - f0[2]) >> 20))
-                            progress(f"{backend} backend, data/memory {ratio}: {samples[-1][0]:.0f} s, "
-                                     f"{samples[-1][2]} major faults, cgroup {samples[-1][3]} MiB")
-                        out = json.loads(proc.stdout.read())
-                        if proc.returncode != 0:
-                            raise RuntimeError(f"fio failed with {proc.returncode}")
-                        per_s = {}
-                        for path in Path(work).glob(f"iops-{backend}-{ratio}_iops.*.log"):
-                            for line in open(path):
-                                ms, v = line.split(",")[:2]
-                                sec = (int(ms) + 999) // 1000
-                                per_s[sec] = per_s.get(sec, 0) + int(v)
-                        for sec, iops in sorted(per_s.items()):
-                            series.append({"backend": backend, "ratio": ratio, "second": sec, "iops": iops})
-                        f1 = faults(pid)
-                        reads = out["jobs"][0]["read"]["total_ios"] or 1
-                        rows.append({"backend": backend, "data_mib": size >> 20, "limit_mib": limit >> 20,
-                                     "ratio": ratio, "iops": round(out["jobs"][0]["read"]["iops"]),
-                                     "p99_us": out["jobs"][0]["read"]["clat_ns"]["percentile"]["99.000000"] / 1000,
-                                     "major_faults_per_read": round((f1[1] - f0[1]) / reads, 3),
-                                     "minor_faults_per_read": round((f1[0] - f0[0]) / reads, 3),
-                                     "storage_kib_per_read": round((f1[2] - f0[2]) / 1024 / reads, 2),
-                                     "cgroup_peak_mib": int((cg / "memory.max_usage_in_bytes").read_text()) >> 20})
-                        counters[f"{backend} ratio {ratio}"] = {**m.stats(), "samples": samples}
-                finally:
-                    try:
-                        cg.rmdir()
-                    except OSError:
-                        pass
+        for device in devices:
+            ram = RamDevice(work, int(biggest * 1.3) + (512 << 20)) if device == "ram" else None
+            base = ram.path if ram else Path(work)
+            try:
+                progress(f"{device}: laying out {biggest >> 20} MiB")
+                with Mmapfs(base, "ltm", []) as m:
+                    fio(m.mnt, rw="write", bs="1M", size=biggest, filename="f", end_fsync=1)
+                for backend in backends:
+                    extra = ["--pool-size", str(pool)] if backend == "direct" else []
+                    runs = [("randread", r) for r in ratios] + [("seqscan", max(ratios))]
+                    for workload, ratio in runs:
+                        size = int(limit * ratio)
+                        name = f"mmapfs-ltm-{os.getpid()}-{device}-{backend}-{workload}-{ratio}"
+                        drop_caches()
+                        cg = memcg(name, limit)
+                        try:
+                            with Mmapfs(base, "ltm", ["--backend", backend, *extra], cgroup=cg) as m:
+                                rows.append(ltm_run(m, cg, work, device, backend, workload, ratio, size, limit,
+                                                    runtime, jobs, series, counters))
+                        finally:
+                            try:
+                                cg.rmdir()
+                            except OSError:
+                                pass
+            finally:
+                if ram:
+                    ram.close()
 
     print()
     for r in rows:
         print(r)
+    rand = [r for r in rows if r["workload"] == "randread"]
 
     def draw_time(plt):
-        fig, axes = plt.subplots(2, len(ratios), figsize=(3.2 * len(ratios), 6), sharey="row", sharex=True)
-        for col, ratio in enumerate(ratios):
-            top, bottom = axes[0][col], axes[1][col]
-            for backend in ("mmap", "pread"):
-                pts = [(p["second"], p["iops"]) for p in series if p["backend"] == backend and p["ratio"] == ratio]
-                if pts:
-                    top.plot(*zip(*pts), label=backend)
-                smp = counters.get(f"{backend} ratio {ratio}", {}).get("samples", [])
-                # The daemon's reads from storage per second (faults or preads), and its major
-                # faults, from the cumulative samples.
-                prev = [(0, 0, 0, 0, 0)] + smp
-                mib = [(b[0], (b[4] - a[4]) / max(b[0] - a[0], 0.1)) for a, b in zip(prev, smp)]
-                if mib:
-                    bottom.plot(*zip(*mib), label=f"{backend}: MiB/s read from storage")
-                if backend == "mmap" and smp:
-                    flt = [(b[0], (b[2] - a[2]) * 4 / 1024 / max(b[0] - a[0], 0.1)) for a, b in zip(prev, smp)]
-                    bottom.plot(*zip(*flt), linestyle=":", label="mmap: major faults × 4 KiB / s")
-            top.set_title(f"data/memory = {ratio}", fontsize=9)
-            bottom.set_xlabel("s")
-            top.grid(True, alpha=0.3)
-            bottom.grid(True, alpha=0.3)
-        axes[0][0].set_ylabel("random 4 KiB read IOPS")
-        axes[1][0].set_ylabel("daemon, MiB/s")
+        fig, axes = plt.subplots(len(devices), len(ratios), figsize=(3.2 * len(ratios), 3.2 * len(devices)),
+                                 sharex=True, squeeze=False)
+        for row, device in enumerate(devices):
+            for col, ratio in enumerate(ratios):
+                ax = axes[row][col]
+                for backend in backends:
+                    pts = [(p["second"], p["iops"]) for p in series
+                           if p["device"] == device and p["backend"] == backend and p["ratio"] == ratio]
+                    if pts:
+                        ax.plot(*zip(*pts), label=backend)
+                ax.set_title(f"{device}: data/memory = {ratio}", fontsize=9)
+                ax.grid(True, alpha=0.3)
+                if row == len(devices) - 1:
+                    ax.set_xlabel("s")
+            axes[row][0].set_ylabel("random 4 KiB read IOPS")
         axes[0][0].legend()
-        axes[1][0].legend(fontsize=7)
         fig.tight_layout()
         return fig
 
     def draw_ratio(plt):
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for backend in ("mmap", "pread"):
-            pts = [(r["ratio"], r["iops"]) for r in rows if r["backend"] == backend]
-            ax.plot(*zip(*pts), marker="o", label=f"{backend} backend")
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for device in devices:
+            for backend in backends:
+                pts = [(r["ratio"], r["iops"]) for r in rand if r["backend"] == backend and r["device"] == device]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", linestyle="-" if device == "ram" else "--",
+                            label=f"{backend}, {device}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(f"data set / memory limit ({limit >> 20} MiB)")
-        ax.set_ylabel("IOPS (median over the run)")
+        ax.set_ylabel("IOPS (over the run)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         return fig
 
     save("larger-than-memory", rows,
-         {"options": {"limit": limit, "ratios": ratios, "runtime_s": runtime, "numjobs": 2, "direct": 1},
+         {"options": {"limit": limit, "ratios": ratios, "runtime_s": runtime, "numjobs": jobs, "direct": 1,
+                      "backends": backends, "devices": devices, "pool_size": pool,
+                      "ram_device": "zram (lz4), ext4" if "ram" in devices else None},
           "series": series, "mmapfs_counters": counters},
          {"ltm-time.png": draw_time, "ltm-ratio.png": draw_ratio})
+
+
+def ltm_run(m, cg, work, device, backend, workload, ratio, size, limit, runtime, jobs, series, counters):
+    """One run of the larger-than-memory experiment; its result row."""
+    pid = m.proc.pid
+    log = Path(work) / f"iops-{device}-{backend}-{workload}-{ratio}"
+    if workload == "randread":
+        job = ["--rw=randread", "--bs=4k", f"--numjobs={jobs}", "--time_based=1", f"--runtime={runtime}",
+               "--randrepeat=0"]
+    else:
+        job = ["--rw=read", "--bs=1M", "--numjobs=1"]
+    cmd = ["fio", f"--directory={m.mnt}", "--name=job", "--filename=f", f"--size={size}", "--direct=1",
+           "--group_reporting=1", "--output-format=json", f"--write_iops_log={log}", "--log_avg_msec=1000", *job]
+    f0, tlb0, out0 = faults(pid), tlb_shootdowns(), cg_stat(cg, "pgpgout")
+    pool0 = (m.stats().get("pool") or {}).get("evictions", 0) if backend == "direct" else 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=join(cg))
+    t0, samples = time.time(), []
+    while proc.poll() is None:
+        time.sleep(1)
+        f = faults(pid)
+        usage = int((cg / "memory.usage_in_bytes").read_text())
+        samples.append((round(time.time() - t0, 1), f[0] - f0[0], f[1] - f0[1], usage >> 20, (f[2] - f0[2]) >> 20))
+        progress(f"{device} {backend} {workload} data/memory {ratio}: {samples[-1][0]:.0f} s, "
+                 f"{samples[-1][2]} major faults, cgroup {samples[-1][3]} MiB")
+    took = time.time() - t0
+    out = json.loads(proc.stdout.read())
+    if proc.returncode != 0:
+        raise RuntimeError(f"fio failed with {proc.returncode}")
+    f1, tlb1, out1 = faults(pid), tlb_shootdowns(), cg_stat(cg, "pgpgout")
+    st = m.stats()
+    pool1 = (st.get("pool") or {}).get("evictions", 0) if backend == "direct" else 0
+    per_s = {}
+    for path in Path(work).glob(f"{log.name}_iops.*.log"):
+        for line in open(path):
+            ms, v = line.split(",")[:2]
+            sec = (int(ms) + 999) // 1000
+            per_s[sec] = per_s.get(sec, 0) + int(v)
+    if workload == "randread":
+        for sec, iops in sorted(per_s.items()):
+            series.append({"device": device, "backend": backend, "ratio": ratio, "second": sec, "iops": iops})
+    r = out["jobs"][0]["read"]
+    reads = r["total_ios"] or 1
+    counters[f"{device} {backend} {workload} ratio {ratio}"] = {**st, "samples": samples}
+    return {"device": device, "backend": backend, "workload": workload, "data_mib": size >> 20,
+            "limit_mib": limit >> 20, "ratio": ratio, "iops": round(r["iops"]), "mib_s": round(r["bw"] / 1024),
+            "p99_us": r["clat_ns"]["percentile"]["99.000000"] / 1000,
+            "major_faults_per_read": round((f1[1] - f0[1]) / reads, 3),
+            "minor_faults_per_read": round((f1[0] - f0[0]) / reads, 3),
+            "storage_kib_per_read": round((f1[2] - f0[2]) / 1024 / reads, 2),
+            "tlb_shootdowns_per_s": round((tlb1 - tlb0) / took),
+            "page_cache_evictions_per_s": round((out1 - out0) / took),
+            "pool_evictions_per_s": round((pool1 - pool0) / took),
+            "cgroup_peak_mib": int((cg / "memory.max_usage_in_bytes").read_text()) >> 20}
 
 
 PEERS = ROOT / "target" / "peers"
@@ -582,7 +658,25 @@ def matrix(quick):
 EXPERIMENTS = {"matrix": matrix, "fsync-cost": fsync_cost, "scaling": scaling,
                "larger-than-memory": larger_than_memory}
 
+def options(argv):
+    import argparse
+    size = lambda v: int(v[:-1]) << {"K": 10, "M": 20, "G": 30}[v[-1].upper()] if v[-1].isalpha() else int(v)
+    p = argparse.ArgumentParser(prog="run.sh", description="storage experiments through mmapfs")
+    p.add_argument("experiment", choices=EXPERIMENTS)
+    p.add_argument("--quick", action="store_true", help="shorter runs, smaller data")
+    p.add_argument("--limit", type=size, help="larger-than-memory: the memory limit (e.g. 512M)")
+    p.add_argument("--ratios", type=lambda v: [float(x) for x in v.split(",")],
+                   help="larger-than-memory: data set / memory ratios (e.g. 0.25,1,4,8)")
+    p.add_argument("--backends", type=lambda v: v.split(","), help="larger-than-memory: mmap,pread,direct")
+    p.add_argument("--devices", type=lambda v: v.split(","), help="larger-than-memory: disk,ram")
+    p.add_argument("--jobs", type=int, help="larger-than-memory: fio jobs of random reads (default 2)")
+    p.add_argument("--runtime", type=int, help="larger-than-memory: seconds per random-read run")
+    return p.parse_args(argv)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in EXPERIMENTS:
-        sys.exit(f"usage: run.sh {{{'|'.join(EXPERIMENTS)}}} [--quick]")
-    EXPERIMENTS[sys.argv[1]]("--quick" in sys.argv)
+    o = options(sys.argv[1:])
+    if o.experiment == "larger-than-memory":
+        larger_than_memory(o.quick, o)
+    else:
+        EXPERIMENTS[o.experiment](o.quick)

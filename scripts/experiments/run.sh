@@ -4,7 +4,9 @@
 #   sudo scripts/experiments/run.sh matrix [--quick]      # every workload, every target, peers
 #   sudo scripts/experiments/run.sh fsync-cost [--quick]
 #   sudo scripts/experiments/run.sh scaling [--quick]
-#   sudo scripts/experiments/run.sh larger-than-memory [--quick]   # cgroup v1 memory controller
+#   sudo scripts/experiments/run.sh larger-than-memory [--quick] [--limit 512M] [--ratios 0.25,1,8]
+#        [--backends mmap,pread,direct] [--devices disk,ram] [--jobs 2] [--runtime 30]
+#        # cgroup v1 memory controller; "ram" is a zram device (LZ4) with ext4, created and removed
 #
 # Installs what it needs: fio and python3-venv (Debian), matplotlib (PyPI, into
 # target/experiments-venv); the harness installs libfuse3-dev for the passthrough_ll peer.
