@@ -288,10 +288,12 @@ class RamDevice:
 
     def close(self):
         # The daemons are gone by now; a plain umount (not lazy) frees the device at once.
-        for _ in range(20):
+        for _ in range(120):
             if subprocess.run(["umount", str(self.path)], capture_output=True).returncode == 0:
                 break
             time.sleep(0.5)
+        else:
+            subprocess.run(["umount", "-l", str(self.path)])
         for _ in range(20):
             try:
                 Path("/sys/class/zram-control/hot_remove").write_text(str(self.n))
@@ -299,7 +301,8 @@ class RamDevice:
             except OSError as e:
                 err = e
                 time.sleep(0.5)
-        print(f"\nzram{self.n} not removed: {err}", file=sys.stderr)
+        print(f"\nzram{self.n} not removed ({err}); later: echo {self.n} > /sys/class/zram-control/hot_remove",
+              file=sys.stderr)
 
 
 def larger_than_memory(quick, opts):
@@ -319,7 +322,7 @@ def larger_than_memory(quick, opts):
     pool = max(limit - (64 << 20), limit // 2)
     biggest = int(limit * max(ratios))
     rows, series, counters = [], [], {}
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
+    with tempfile.TemporaryDirectory(dir="/var/tmp", ignore_cleanup_errors=True) as work:
         for device in devices:
             ram = RamDevice(work, int(biggest * 1.3) + (512 << 20)) if device == "ram" else None
             base = ram.path if ram else Path(work)
