@@ -294,7 +294,8 @@ class RamDevice:
             time.sleep(0.5)
         else:
             subprocess.run(["umount", "-l", str(self.path)])
-        for _ in range(20):
+        # The device stays busy for a while after the umount (seen: 10–30 s).
+        for _ in range(120):
             try:
                 Path("/sys/class/zram-control/hot_remove").write_text(str(self.n))
                 return
@@ -545,6 +546,7 @@ def matrix(quick):
     mm = {
         "mmapfs": [],
         "mmapfs pread": ["--backend", "pread"],
+        "mmapfs backend=direct": ["--backend", "direct"],
         "mmapfs writeback_cache": ["-o", "writeback_cache"],
         "mmapfs direct_io": ["-o", "direct_io"],
     }
