@@ -130,9 +130,15 @@ impl Journal {
     /// of format 1, which is never appended to).
     pub fn open(dir: &Path, uuid: [u8; 16], last_seq: u64, torn: Option<&TornTail>) -> io::Result<Journal> {
         if let Some(t) = torn {
-            let f = files::open(&t.path, OpenOptions::new().write(true))?;
-            f.set_len(t.at)?;
-            f.sync_all()?;
+            if t.at == 0 {
+                // A file whose creation a crash cut short (see `replay_files`): removed.
+                std::fs::remove_file(&t.path)?;
+                File::open(dir)?.sync_all()?;
+            } else {
+                let f = files::open(&t.path, OpenOptions::new().write(true))?;
+                f.set_len(t.at)?;
+                f.sync_all()?;
+            }
         }
         // The newest file: made durable (a crash may have left its records in the page cache
         // only), and continued if it is of format 2.
@@ -416,6 +422,17 @@ fn replay_files(
         let newest = torn_ok && i + 1 == files.len();
         let data = files::read(path)?;
         let name = path.display();
+        if newest && (data.len() < HEADER_LEN || data[..HEADER_LEN].iter().all(|&b| b == 0)) {
+            // A rotation names the new file before its header is flushed (appenders must not
+            // wait for flushes, see `Journal::rotate`); a power cut in between leaves it short
+            // or zeroed. No record in it was ever reported durable — an fsync waits for the
+            // rotation's flushes — so it is dropped like a torn tail.
+            log::warn!(
+                "journal {name}: a file whose creation a crash cut short; it holds nothing acknowledged and is dropped"
+            );
+            out.torn = Some(TornTail { path: path.clone(), at: 0 });
+            break;
+        }
         let corrupt = |msg: String| ReplayError::Corrupt(format!("journal {name}: {msg}"));
         let framing = match data.get(..8) {
             Some(m) if m == MAGIC => Framing::V2,
@@ -559,6 +576,30 @@ mod tests {
         assert!(!d.path().join(NEW_FILE).exists());
         assert_eq!(list(d.path()).unwrap().len(), 2);
         assert_eq!(collect(d.path(), 0).unwrap().0.len(), 2);
+    }
+
+    /// A power cut after a rotation named its new file but before the header was flushed
+    /// leaves the file short or zeroed: replay drops it, open removes it and appends on.
+    #[test]
+    fn a_rotated_file_without_its_header_is_dropped() {
+        for image in [&[][..], &[0u8; HEADER_LEN][..], &[0u8; 4096][..]] {
+            let d = tempfile::tempdir().unwrap();
+            let j = Journal::open(d.path(), UUID, 0, None).unwrap();
+            j.append(&ops(1)).unwrap();
+            j.append(&ops(2)).unwrap();
+            assert_eq!(j.rotate().unwrap(), 2);
+            drop(j);
+            let new = list(d.path()).unwrap()[1].1.clone();
+            std::fs::write(&new, image).unwrap();
+            let (got, torn) = collect(d.path(), 0).unwrap();
+            assert_eq!(got.len(), 2);
+            assert_eq!(torn, Some(TornTail { path: new.clone(), at: 0 }));
+            let j = Journal::open(d.path(), UUID, 2, torn.as_ref()).unwrap();
+            assert!(!new.exists());
+            j.append(&ops(3)).unwrap();
+            drop(j);
+            assert_eq!(seqs(d.path()), vec![1, 2, 3]);
+        }
     }
 
     #[test]
@@ -744,7 +785,9 @@ mod tests {
                 let newest = fi + 1 == files.len();
                 let what = format!("file {fi} cut at {cut}");
                 let ok = check_case(d.path(), file, &orig[..cut], &all, before_file + whole, &what);
-                assert!(!ok || (newest && cut >= HEADER_LEN), "{what}: only the newest file may end in a torn append");
+                // The newest file may end in a torn append, or be cut inside its header (a
+                // rotation's file before its flush: dropped whole); an older file may not.
+                assert_eq!(ok, newest, "{what}: only the newest file may be cut short");
                 cases += 1;
             }
             std::fs::write(file, &orig).unwrap();
