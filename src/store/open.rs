@@ -331,7 +331,9 @@ impl Store {
         let seg_dir = dir.join("segments");
         let segments: Vec<OnceLock<Segment>> = (0..sb.max_segments()).map(|_| OnceLock::new()).collect();
         let pool = match opts.tuning.backend {
-            super::Backend::Direct => Some(std::sync::Arc::new(super::pool::Pool::new(opts.tuning.pool_size)?)),
+            super::Backend::Direct => {
+                Some(std::sync::Arc::new(super::pool::Pool::new(opts.tuning.pool_size, sb.max_segments())?))
+            }
             _ => None,
         };
         for (i, slot) in segments.iter().enumerate().take(count as usize) {

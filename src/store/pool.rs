@@ -52,8 +52,8 @@ pub struct Pool {
     frames: Box<[Frame]>,
     table: Vec<Mutex<HashMap<u64, u32>>>,
     hand: AtomicUsize,
-    /// Frames held per segment (what `resident` reports).
-    per_segment: Mutex<HashMap<u32, u64>>,
+    /// Frames held per segment (what `resident` reports), one counter per possible segment.
+    per_segment: Box<[AtomicU64]>,
     pub counters: PoolCounters,
 }
 
@@ -68,8 +68,9 @@ struct Held<'a> {
 }
 
 impl Pool {
-    /// A pool of `bytes` (rounded down to whole frames, at least [`MIN_FRAMES`]).
-    pub fn new(bytes: u64) -> io::Result<Pool> {
+    /// A pool of `bytes` (rounded down to whole frames, at least [`MIN_FRAMES`]) for a store of
+    /// at most `segments` segments.
+    pub fn new(bytes: u64, segments: u64) -> io::Result<Pool> {
         let n = ((bytes as usize) / FRAME).max(MIN_FRAMES);
         let mem = memmap2::MmapOptions::new().len(n * FRAME).map_anon()?;
         let frames = (0..n)
@@ -80,7 +81,7 @@ impl Pool {
             frames,
             table: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hand: AtomicUsize::new(0),
-            per_segment: Mutex::new(HashMap::new()),
+            per_segment: (0..segments).map(|_| AtomicU64::new(0)).collect(),
             counters: PoolCounters::default(),
         })
     }
@@ -100,14 +101,14 @@ impl Pool {
     }
 
     fn count(&self, seg: u32, delta: i64) {
-        let mut m = self.per_segment.lock().unwrap_or_else(|p| p.into_inner());
-        let c = m.entry(seg).or_insert(0);
-        *c = c.saturating_add_signed(delta);
+        if let Some(c) = self.per_segment.get(seg as usize) {
+            c.fetch_add(delta as u64, Ordering::Relaxed); // wrapping: -1 is u64::MAX
+        }
     }
 
     /// Frames holding pages of segment `seg`.
     pub fn resident(&self, seg: u32) -> u64 {
-        self.per_segment.lock().unwrap_or_else(|p| p.into_inner()).get(&seg).copied().unwrap_or(0)
+        self.per_segment.get(seg as usize).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Finds a frame to reuse (CLOCK), write-locked and out of the table.
@@ -305,7 +306,7 @@ mod tests {
     fn reads_and_writes_through_a_small_pool_match_a_model() {
         const SEG: usize = 16 << 20;
         let d = tempfile::tempdir().unwrap();
-        let pool = Arc::new(Pool::new(0).unwrap());
+        let pool = Arc::new(Pool::new(0, 4).unwrap());
         assert_eq!(pool.bytes(), (MIN_FRAMES * FRAME) as u64);
         let files: Vec<Arc<std::fs::File>> = (0..2)
             .map(|i| {
@@ -363,7 +364,7 @@ mod tests {
         let p = d.path().join("s");
         std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
         let f = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&p).unwrap();
-        let pool = Pool::new(0).unwrap();
+        let pool = Pool::new(0, 4).unwrap();
         let mut b = vec![0u8; 8192];
         pool.read(&f, 0, 0, &mut b).unwrap();
         assert_eq!(pool.resident(0), 2);

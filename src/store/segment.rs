@@ -87,6 +87,9 @@ pub fn default_pool_size() -> u64 {
     (pages.max(0) as u64 * 4096 / 8).max((super::pool::MIN_FRAMES * super::pool::FRAME) as u64)
 }
 
+/// The `direct` backend's pool and this segment's index in it (`None` for the other backends).
+pub(crate) type PoolSlot<'a> = Option<(&'a std::sync::Arc<super::pool::Pool>, u32)>;
+
 /// A segment of the `direct` backend: its pages live in the store's pool.
 pub(crate) struct Direct {
     pub pool: std::sync::Arc<super::pool::Pool>,
@@ -99,12 +102,7 @@ pub(crate) struct Direct {
 impl Segment {
     /// Creates the segment file at `path` with `len` bytes reserved on disk, durably
     /// (written to `path.tmp`, synced, renamed, directory synced), then maps it.
-    pub(crate) fn create(
-        path: &Path,
-        len: usize,
-        t: &Tuning,
-        pool: Option<(&std::sync::Arc<super::pool::Pool>, u32)>,
-    ) -> io::Result<Segment> {
+    pub(crate) fn create(path: &Path, len: usize, t: &Tuning, pool: PoolSlot<'_>) -> io::Result<Segment> {
         let tmp = path.with_extension("seg.tmp");
         let made = (|| -> io::Result<File> {
             faults::check(Point::SegmentCreate)?;
@@ -125,12 +123,7 @@ impl Segment {
     }
 
     /// Opens an existing segment file, which must be exactly `len` bytes long.
-    pub(crate) fn open(
-        path: &Path,
-        len: usize,
-        t: &Tuning,
-        pool: Option<(&std::sync::Arc<super::pool::Pool>, u32)>,
-    ) -> io::Result<Segment> {
+    pub(crate) fn open(path: &Path, len: usize, t: &Tuning, pool: PoolSlot<'_>) -> io::Result<Segment> {
         let file = files::open(path, OpenOptions::new().read(true).write(true))?;
         let actual = file.metadata()?.len();
         if actual != len as u64 {
@@ -142,13 +135,7 @@ impl Segment {
         Self::map(file, path, len, t, pool)
     }
 
-    fn map(
-        file: File,
-        path: &Path,
-        len: usize,
-        t: &Tuning,
-        pool: Option<(&std::sync::Arc<super::pool::Pool>, u32)>,
-    ) -> io::Result<Segment> {
+    fn map(file: File, path: &Path, len: usize, t: &Tuning, pool: PoolSlot<'_>) -> io::Result<Segment> {
         if t.backend != Backend::Mmap {
             let direct = match (t.backend, pool) {
                 (Backend::Direct, Some((pool, seg))) => Some(Direct {
@@ -431,7 +418,7 @@ mod tests {
     fn create_write_read_sync_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("000000.seg");
-        let pool = std::sync::Arc::new(super::super::pool::Pool::new(0).unwrap());
+        let pool = std::sync::Arc::new(super::super::pool::Pool::new(0, 1).unwrap());
         for backend in [Backend::Mmap, Backend::Pread, Backend::Direct] {
             let t = Tuning { backend, ..Tuning::default() };
             let p = (backend == Backend::Direct).then_some((&pool, 0));
