@@ -14,7 +14,7 @@
 # Environment:
 #   FSX_OPS     operations per exerciser run (100000)      FSX_SEED  fixed seed (20261127)
 #   LARGE       size of the large-file scenario (256M)      MEMCG     daemon memory limit there (96M)
-#   MMAPFS_BIN, COHERENCE_BIN   prebuilt binaries (else: cargo build --release)
+#   MMAPFS_BIN, COHERENCE_BIN   prebuilt binaries (else: cargo build --release --features testing)
 #   RESULTS     also write the table to this file
 set -uo pipefail
 
@@ -28,7 +28,7 @@ MEMCG=${MEMCG:-96M}
 DIR=${1:-}
 
 if [ -z "${MMAPFS_BIN:-}" ] || [ -z "${COHERENCE_BIN:-}" ]; then
-    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" || exit 1
+    cargo build --release --quiet --features testing --manifest-path "$ROOT/Cargo.toml" || exit 1
     MMAPFS_BIN=$ROOT/target/release/mmapfs
     COHERENCE_BIN=$ROOT/target/release/mmapfs-coherence
 fi

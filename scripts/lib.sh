@@ -26,7 +26,7 @@ unmount_quietly() {
 # /var/tmp, and on exit stops the daemon whose pid is in DAEMON, unmounts WORK/mmapfs and
 # WORK/tmpfs, and removes WORK.
 bench_setup() {
-    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+    cargo build --release --quiet --features testing --manifest-path "$ROOT/Cargo.toml"
     BIN=${MMAPFS_BIN:-$ROOT/target/release/mmapfs}
     WORK=$(mktemp -d "/var/tmp/mmapfs-$1.XXXXXX")
     DAEMON=

@@ -14,7 +14,7 @@ WORKERS=${WORKERS:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib.sh
 . "$ROOT/scripts/lib.sh"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+cargo build --release --quiet --features testing --manifest-path "$ROOT/Cargo.toml"
 BIN=$ROOT/target/release/mmapfs
 WORK=$(mktemp -d /var/tmp/mmapfs-mount-time.XXXXXX)
 STORE=$WORK/store

@@ -1,13 +1,12 @@
 //! Test support shared by `tests/`, the coherence binary (`mmapfs-coherence`) and the
 //! scripts' helpers: a mapping of a file that other processes write at the same time, and
-//! waiting for a mount to appear or go. Not part of the filesystem.
+//! waiting for a mount to appear or a child to exit. Built only with the `testing` feature:
+//! not part of the filesystem.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -139,13 +138,6 @@ impl Drop for Mapping {
     }
 }
 
-/// True if `mnt` is a mountpoint in this namespace.
-pub fn is_mounted(mnt: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = mnt.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&want))
-}
-
 /// Waits until `mnt` is mounted (compared as a canonical path once it exists); returns the
 /// canonical mountpoint. Fails early if `child` (the daemon) exits.
 pub fn wait_mounted(mnt: &Path, child: &mut Child, timeout: Duration) -> Result<std::path::PathBuf, String> {
@@ -155,7 +147,7 @@ pub fn wait_mounted(mnt: &Path, child: &mut Child, timeout: Duration) -> Result<
             return Err(format!("daemon exited with {status}"));
         }
         if let Ok(c) = mnt.canonicalize()
-            && is_mounted(&c)
+            && crate::mounts::is_mounted(&c)
         {
             return Ok(c);
         }
@@ -163,15 +155,6 @@ pub fn wait_mounted(mnt: &Path, child: &mut Child, timeout: Duration) -> Result<
             return Err(format!("{} was not mounted within {timeout:?}", mnt.display()));
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Detaches a (possibly dead) mount: umount2 as root, fusermount3 otherwise.
-pub fn lazy_umount(mnt: &Path) {
-    let Ok(c) = CString::new(mnt.as_os_str().as_bytes()) else { return };
-    // SAFETY: a valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let _ = Command::new("fusermount3").arg("-uz").arg(mnt).status();
     }
 }
 

@@ -278,7 +278,7 @@ fn listings_under_a_rename_storm_show_no_name_twice() {
     let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(tmp.path()).status().unwrap();
     assert!(st.success());
     let (tn, ttwice, tmissing) = rename_storm(tmp.path());
-    mmapfs::testing::lazy_umount(tmp.path());
+    common::lazy_umount(tmp.path());
     eprintln!(
         "mmapfs: {n} listings, {twice} with a name twice, {missing} missing one; tmpfs: {tn}, {ttwice}, {tmissing}"
     );

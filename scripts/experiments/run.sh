@@ -29,5 +29,5 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q matplotlib
 fi
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+cargo build --release --quiet --features testing --manifest-path "$ROOT/Cargo.toml"
 exec "$VENV/bin/python" "$ROOT/scripts/experiments/harness.py" "$@"

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use clap::builder::PossibleValuesParser;
 use mmapfs::rng::Rng;
-use mmapfs::testing::{Mapping, lazy_umount, wait_mounted};
+use mmapfs::testing::{Mapping, wait_mounted};
 
 const PAGE: usize = 4096;
 
@@ -528,7 +528,7 @@ impl Daemon {
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             std::thread::sleep(Duration::from_millis(5));
         }
-        lazy_umount(mnt);
+        let _ = mmapfs::mounts::lazy_unmount(mnt);
         let log =
             io(OpenOptions::new().create(true).append(true).open(self.store.with_extension("log")), "daemon log")?;
         let child = io(

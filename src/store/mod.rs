@@ -43,7 +43,7 @@ pub use open::format;
 #[cfg(test)]
 use open::read_superblock;
 use segment::Segment;
-pub use segment::{Backend, Tuning};
+pub use segment::{Advice, Backend, Tuning};
 use superblock::Superblock;
 use table::{Node, Table};
 
@@ -86,7 +86,7 @@ impl Default for FormatOptions {
 }
 
 /// What fsync does (an experiment knob; `Full` is the only safe choice).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SyncPolicy {
     /// The file's dirty ranges and the journal are made durable (default).
     #[default]

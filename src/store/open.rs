@@ -127,17 +127,6 @@ fn holder(f: &mut File) -> (Option<u32>, LockState) {
     (pid, state)
 }
 
-/// True if a mount in this namespace has `mmapfs:DIR` as its source (how `mount` names it).
-fn serving_mount(dir: &Path) -> bool {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let want = format!("mmapfs:{}", dir.display());
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return true };
-    // The source field escapes space, tab, newline and backslash as octal.
-    let unescape =
-        |s: &str| s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\");
-    mounts.lines().filter_map(|l| l.split(' ').next()).any(|src| unescape(src) == want)
-}
-
 /// Takes the store's lock file. A holder that serves a mount is refused at once with its pid;
 /// one that serves none (finishing after `umount`, or still starting) is waited for, up to
 /// [`HOLDER_WAIT`], so that `umount` followed at once by `mount` works.
@@ -159,7 +148,7 @@ pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState), OpenError> {
         }
         let (pid, state) = holder(&mut f);
         let closing = state != LockState::Serving;
-        if (!closing && serving_mount(dir)) || started.elapsed() > HOLDER_WAIT {
+        if (!closing && crate::mounts::serves_store(dir)) || started.elapsed() > HOLDER_WAIT {
             return Err(OpenError::Locked { pid });
         }
         if !told {

@@ -13,21 +13,43 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::{Advice, MmapOptions, MmapRaw};
+use memmap2::{MmapOptions, MmapRaw};
 
 use super::faults::{self, Point};
 use super::files;
 
 /// How segment data is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Backend {
     /// Through `MAP_SHARED` mappings (default).
     #[default]
     Mmap,
     /// Through `pread`/`pwrite` on the segment files; fsync is `fdatasync`.
     Pread,
-    /// `O_DIRECT` I/O into the daemon's own buffer pool (`pool.rs`), written through.
+    /// `O_DIRECT` I/O into the daemon's own buffer pool, written through.
     Direct,
+}
+
+/// The `madvise` advice for segment mappings (`mmap` backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Advice {
+    Normal,
+    Random,
+    Sequential,
+    Willneed,
+    Hugepage,
+}
+
+impl Advice {
+    fn madvise(self) -> memmap2::Advice {
+        match self {
+            Advice::Normal => memmap2::Advice::Normal,
+            Advice::Random => memmap2::Advice::Random,
+            Advice::Sequential => memmap2::Advice::Sequential,
+            Advice::Willneed => memmap2::Advice::WillNeed,
+            Advice::Hugepage => memmap2::Advice::HugePage,
+        }
+    }
 }
 
 /// How segments are mapped and reached. Default: mmap backend, `MADV_RANDOM` with the
@@ -162,7 +184,7 @@ impl Segment {
             o.populate();
         }
         let map = o.map_raw(&file)?;
-        if let Err(e) = map.advise(t.advice) {
+        if let Err(e) = map.advise(t.advice.madvise()) {
             log::warn!("madvise({:?}) on a segment failed: {e}", t.advice);
         }
         let prefetch = t.advice == Advice::Random;

@@ -23,7 +23,13 @@ pub struct Mounted {
     _tmp: Option<tempfile::TempDir>,
 }
 
-pub use mmapfs::testing::{is_mounted, lazy_umount, wait_timeout};
+pub use mmapfs::mounts::is_mounted;
+pub use mmapfs::testing::wait_timeout;
+
+/// Detaches a (possibly dead) mount; a mount already gone is no error here.
+pub fn lazy_umount(mnt: &Path) {
+    let _ = mmapfs::mounts::lazy_unmount(mnt);
+}
 
 impl Mounted {
     /// A fresh store in a new temporary directory, mounted with `args` (e.g. `-o`, `--capacity`).

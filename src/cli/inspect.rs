@@ -1,12 +1,46 @@
-//! Presenting `mmapfs inspect` (see `store::inspect` for what is measured): a text report,
-//! JSON for scripts, and a PNG map of the store drawn with `plotters`.
+//! `mmapfs inspect` (see `store::inspect` for what is measured): which store and file a path
+//! names, and the report as text, JSON for scripts, and a PNG map drawn with `plotters`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 use serde_json::json;
 
+use crate::mounts;
 use crate::store::inspect::{BlockState, Inspection};
+
+/// `mmapfs inspect PATH`: resolves PATH to a store (and a file's inode) and reports.
+pub fn run(path: &Path, inode: Option<u64>, as_json: bool, png_out: Option<&Path>) -> Result<(), String> {
+    let (dir, ino) = target(path, inode)?;
+    let i = crate::store::inspect::inspect(&dir, ino).map_err(|e| format!("inspecting {}: {e}", dir.display()))?;
+    if let Some(out) = png_out {
+        png(&i, out, &format!("{}", path.display()))?;
+    }
+    let out = if as_json {
+        serde_json::to_string_pretty(&json(&i)).unwrap_or_default() + "\n"
+    } else {
+        text(&i, &path.display().to_string())
+    };
+    super::print(&out)
+}
+
+/// The store PATH names (a store, an mmapfs mountpoint, or a file in a mounted mmapfs, whose
+/// mount is the nearest ancestor with an mmapfs source), and the inode to show.
+fn target(path: &Path, inode: Option<u64>) -> Result<(PathBuf, Option<u64>), String> {
+    use std::os::unix::fs::MetadataExt;
+    if path.join("superblock").is_file() {
+        return Ok((path.to_path_buf(), inode));
+    }
+    if let Some(store) = mounts::store_of(path) {
+        return Ok((store, inode));
+    }
+    let full = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+    let store = full.ancestors().skip(1).find_map(mounts::store_of).ok_or_else(|| {
+        format!("{} is neither an mmapfs store, an mmapfs mountpoint, nor a file in one", path.display())
+    })?;
+    let ino = std::fs::metadata(&full).map_err(|e| format!("{}: {e}", path.display()))?.ino();
+    Ok((store, Some(ino)))
+}
 
 fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1 << 20) as f64)
