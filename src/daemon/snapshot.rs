@@ -62,12 +62,12 @@ pub fn take(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
         used_bytes: used,
         capacity_bytes: store.superblock().capacity,
         inodes,
-        pool: store.pool_counters().map(|([hits, misses, evictions, writes], bytes)| stats::PoolStats {
-            bytes,
-            hits,
-            misses,
-            evictions,
-            writes,
+        pool: store.pool_figures().map(|p| stats::PoolStats {
+            bytes: p.bytes,
+            hits: p.hits,
+            misses: p.misses,
+            evictions: p.evictions,
+            writes: p.writes,
         }),
     }
 }

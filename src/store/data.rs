@@ -493,13 +493,7 @@ impl Store {
             return Err(Error::NoSpace);
         }
         let path = self.dir.join("segments").join(format!("{idx:06}.seg"));
-        let seg = Segment::create(
-            &path,
-            self.sb.segment_size as usize,
-            &self.tuning,
-            self.pool.as_ref().map(|p| (p, idx as u32)),
-        )
-        .map_err(|e| {
+        let seg = Segment::create(&path, self.sb.segment_size as usize, idx as u32, &*self.engine).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
                 // The host filesystem is full: nothing changed, the request gets ENOSPC.
                 log::warn!("cannot create segment {}: {e}", path.display());

@@ -8,6 +8,7 @@
 //! inode's write lock and nothing else: there is no global lock on the data path.
 
 pub(crate) mod alloc;
+mod backend;
 mod checkpoint;
 mod codec;
 mod data;
@@ -21,7 +22,6 @@ mod merge;
 pub(crate) mod meta;
 mod namespace;
 mod open;
-pub mod pool;
 mod segment;
 pub(crate) mod superblock;
 mod sync;
@@ -36,6 +36,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, R
 use std::time::Duration;
 
 use alloc::{Allocator, Run};
+pub use backend::{Advice, Backend, PoolFigures, Tuning};
 pub use error::{Error, OpenError, Result};
 pub use meta::{Ino, ROOT};
 use meta::{Inode, Op, Ts};
@@ -43,7 +44,6 @@ pub use open::format;
 #[cfg(test)]
 use open::read_superblock;
 use segment::Segment;
-pub use segment::{Advice, Backend, Tuning};
 use superblock::Superblock;
 use table::{Node, Table};
 
@@ -164,8 +164,8 @@ pub struct Store {
     sb: Superblock,
     bs: u64,
     segments: Vec<OnceLock<Segment>>,
-    /// The `direct` backend's buffer pool.
-    pool: Option<std::sync::Arc<pool::Pool>>,
+    /// The backend's store-wide part: opens segments, keeps the `direct` backend's pool.
+    engine: Box<dyn backend::Engine>,
     alloc: Mutex<Allocator>,
     journal: journal::Journal,
     table: Table,
@@ -177,7 +177,6 @@ pub struct Store {
     checkpoint_due: (Mutex<bool>, Condvar),
     next_ino: AtomicU64,
     journal_limit: u64,
-    tuning: Tuning,
     sync_policy: SyncPolicy,
     /// Whether one msync per segment may stand for all of a file's ranges in it: true on ext4
     /// and XFS, whose fsync commits all of the file's metadata and flushes the device cache.
@@ -493,12 +492,9 @@ impl Store {
         (segs.len() as u64, resident, used * self.bs, self.table.len() as u64)
     }
 
-    /// The `direct` backend's pool counters (hits, misses, evictions, pages written) and size.
-    pub fn pool_counters(&self) -> Option<([u64; 4], u64)> {
-        let p = self.pool.as_ref()?;
-        let c = &p.counters;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Some(([l(&c.hits), l(&c.misses), l(&c.evictions), l(&c.writes)], p.bytes()))
+    /// The buffer pool's figures, for a backend that keeps one (`direct`).
+    pub fn pool_figures(&self) -> Option<PoolFigures> {
+        self.engine.pool()
     }
 
     /// Journal counters: (records appended, syncs).

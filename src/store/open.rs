@@ -11,6 +11,7 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use super::alloc::{Allocator, Run};
+use super::backend;
 use super::error::OpenError;
 use super::files;
 use super::meta::{self, Attr, Content, Dir, Inode, Kind, Op, Ts};
@@ -319,17 +320,11 @@ impl Store {
         }
         let seg_dir = dir.join("segments");
         let segments: Vec<OnceLock<Segment>> = (0..sb.max_segments()).map(|_| OnceLock::new()).collect();
-        let pool = match opts.tuning.backend {
-            super::Backend::Direct => {
-                Some(std::sync::Arc::new(super::pool::Pool::new(opts.tuning.pool_size, sb.max_segments())?))
-            }
-            _ => None,
-        };
+        let engine = backend::engine(&opts.tuning, sb.max_segments())?;
         for (i, slot) in segments.iter().enumerate().take(count as usize) {
             let path = seg_dir.join(format!("{i:06}.seg"));
             let seg =
-                Segment::open(&path, sb.segment_size as usize, &opts.tuning, pool.as_ref().map(|p| (p, i as u32)))
-                    .map_err(|e| corrupt_at(&path, e))?;
+                Segment::open(&path, sb.segment_size as usize, i as u32, &*engine).map_err(|e| corrupt_at(&path, e))?;
             let _ = slot.set(seg);
         }
         let meta_dir = dir.join("meta");
@@ -347,7 +342,7 @@ impl Store {
             sb,
             bs: sb.block_size as u64,
             segments,
-            pool,
+            engine,
             alloc: Mutex::new(alloc),
             journal,
             table,
@@ -357,7 +352,6 @@ impl Store {
             checkpoint_due: (Mutex::new(false), std::sync::Condvar::new()),
             next_ino: AtomicU64::new(next_ino),
             journal_limit: opts.journal_limit,
-            tuning: opts.tuning,
             sync_policy: opts.sync,
             batch_sync: batch_sync_safe(dir),
             failed: AtomicBool::new(false),

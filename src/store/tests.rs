@@ -2,8 +2,8 @@
 
 use std::sync::atomic::Ordering;
 
+use super::backend::{Backend, Tuning};
 use super::meta::Kind;
-use super::segment::{Backend, Tuning};
 use super::*;
 
 fn opts(segment: u64, capacity: u64) -> OpenOptions {

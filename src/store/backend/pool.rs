@@ -268,7 +268,7 @@ impl Pool {
         // Written through before the request is answered (one pwritev; IOV_MAX is 1024).
         let iov: Vec<libc::iovec> =
             held.iter().map(|h| libc::iovec { iov_base: self.frame_ptr(h.frame).cast(), iov_len: FRAME }).collect();
-        super::faults::check(super::faults::Point::Msync)?;
+        crate::store::faults::check(crate::store::faults::Point::Msync)?;
         // SAFETY: every iovec points at a write-locked frame of FRAME bytes.
         let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as i32, (first * FRAME) as i64) };
         if n != (iov.len() * FRAME) as isize {
