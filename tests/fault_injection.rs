@@ -146,3 +146,26 @@ fn a_panicking_request_marks_the_store_failed() {
     assert_sticky(&m, "a");
     remount_keeps(&mut m, &[("a", b"before")]);
 }
+
+/// An I/O error while a store is opened is reported as an I/O error naming the file, never
+/// as damage: the read of the checkpoint fails (the first metadata read), then that of the
+/// journal file after it (the second). Nothing is changed: fsck finds the store clean, and
+/// the next mount without the fault has everything.
+#[test]
+fn an_io_error_while_opening_is_not_reported_as_damage() {
+    let mut m = Mounted::new(&[]);
+    fs::write(m.path("kept"), b"acknowledged").unwrap();
+    m.kill9();
+    for (n, file) in [(1, "checkpoint"), (2, "journal-")] {
+        m.env = vec![("MMAPFS_FAULTS".into(), format!("meta-read={n}"))];
+        let e = m.start().unwrap_err();
+        let said = e.lines().rfind(|l| l.contains("mmapfs: error:")).unwrap_or_else(|| panic!("no error line: {e}"));
+        assert!(said.contains("I/O error") && said.contains(file) && said.contains("os error 5"), "{said}");
+        assert!(!said.contains("damaged"), "an I/O error reported as damage: {said}");
+    }
+    let (code, report) = common::fsck(&m.store);
+    assert_eq!(code, 0, "{report}");
+    m.env.clear();
+    m.start().unwrap();
+    assert_eq!(fs::read(m.path("kept")).unwrap(), b"acknowledged");
+}

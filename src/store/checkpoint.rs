@@ -12,6 +12,8 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use super::codec::{Dec, Enc, Malformed};
+use super::error::LoadError;
+use super::faults::{self, Point};
 use super::files;
 use super::meta::{Attr, Content, Dir, Entry, Extent, Extents, FIRST_COOKIE, Ino, Inode, Kind, Name, get_ts, ts};
 
@@ -56,8 +58,14 @@ struct Image<'a> {
     inodes: &'a [u8],
 }
 
-/// Checks an image's magic, checksum and uuid; `fail` names the file in messages.
-fn verify<'a>(data: &'a [u8], uuid: &[u8; 16], fail: impl Fn(&str) -> String) -> Result<Image<'a>, String> {
+/// Damage of the checkpoint at `path`.
+fn damaged(path: &Path, m: &str) -> LoadError {
+    LoadError::Corrupt(format!("checkpoint {}: {m}", path.display()))
+}
+
+/// Checks an image's magic, checksum and uuid; `path` names the file in messages.
+fn verify<'a>(data: &'a [u8], uuid: &[u8; 16], path: &Path) -> Result<Image<'a>, LoadError> {
+    let fail = |m: &str| damaged(path, m);
     if data.len() < 52 || &data[..8] != MAGIC {
         return Err(fail("not a checkpoint of this format"));
     }
@@ -77,15 +85,15 @@ fn verify<'a>(data: &'a [u8], uuid: &[u8; 16], fail: impl Fn(&str) -> String) ->
 }
 
 /// Reads `dir/checkpoint`; `Ok(None)` if there is none yet.
-pub fn load(dir: &Path, uuid: &[u8; 16]) -> Result<Option<Snapshot>, String> {
+pub fn load(dir: &Path, uuid: &[u8; 16]) -> Result<Option<Snapshot>, LoadError> {
     let path = dir.join("checkpoint");
-    let data = match files::read(&path) {
+    let data = match faults::check(Point::MetaRead).and_then(|()| files::read(&path)) {
         Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(LoadError::io_at(&path, e)),
     };
-    let fail = |m: &str| format!("checkpoint {}: {m}", path.display());
-    let image = verify(&data, uuid, fail)?;
+    let fail = |m: &str| damaged(&path, m);
+    let image = verify(&data, uuid, &path)?;
     let mut d = Dec { buf: image.inodes };
     let mut inodes = Vec::with_capacity(image.count.min(1 << 24) as usize);
     for _ in 0..image.count {
@@ -108,16 +116,18 @@ pub struct Base {
 }
 
 impl Base {
-    pub fn open(dir: &Path, uuid: &[u8; 16]) -> Result<Base, String> {
+    pub fn open(dir: &Path, uuid: &[u8; 16]) -> Result<Base, LoadError> {
         let path = dir.join("checkpoint");
-        let fail = |m: &str| format!("checkpoint {}: {m}", path.display());
-        let file = files::open(&path, OpenOptions::new().read(true)).map_err(|e| fail(&e.to_string()))?;
+        let fail = |m: &str| damaged(&path, m);
+        let file = faults::check(Point::MetaRead)
+            .and_then(|()| files::open(&path, OpenOptions::new().read(true)))
+            .map_err(|e| LoadError::io_at(&path, e))?;
         // SAFETY: the checkpoint is never written in place (a new one is renamed over it, and
         // only by this daemon, which serialises checkpoints), and the store's files are
         // private to the daemon's user: the mapped bytes do not change while mapped.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| fail(&e.to_string()))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io_at(&path, e))?;
         let (seq, next_ino, count, start) = {
-            let image = verify(&map, uuid, fail)?;
+            let image = verify(&map, uuid, &path)?;
             (image.seq, image.next_ino, image.count, image.inodes.as_ptr() as usize - map.as_ptr() as usize)
         };
         let end = map.len() - 4;

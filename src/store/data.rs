@@ -6,15 +6,9 @@ use super::alloc::{Allocator, Run};
 use super::faults;
 use super::meta::{self, Attr, Content, Extents, Inode, Kind, Op, Piece, Ts};
 use super::segment::Segment;
-use super::table::Node;
 use super::{Error, Ino, Result, Store, lock, rd, wr, wr_live};
 
 impl Store {
-    pub(super) fn seg(&self, idx: u64) -> &Segment {
-        // Extents only name blocks of segments that exist (checked at mount, made before use).
-        self.segments[idx as usize].get().expect("extent in a segment that exists")
-    }
-
     /// Calls `f(segment, byte offset, len)` for the pieces of a physical byte range, split at
     /// segment boundaries. A failed segment I/O (possible with the pread backend) is sticky:
     /// the store refuses further changes, as after a failed journal write.
@@ -70,24 +64,6 @@ impl Store {
         } else {
             self.journal_times(ino, &node)?;
         }
-        Ok(())
-    }
-
-    /// Journals mtime/ctime that data writes changed since they were last journaled.
-    pub(super) fn journal_times(&self, ino: Ino, node: &Node) -> Result<()> {
-        if !rd(node).times_dirty {
-            return Ok(());
-        }
-        let _g = rd(&self.gate);
-        let mut n = wr(node);
-        if !n.times_dirty || n.freed {
-            return Ok(());
-        }
-        let a = n.attr;
-        let op =
-            Op::SetAttr { ino, perm: a.perm, uid: a.uid, gid: a.gid, atime: a.atime, mtime: a.mtime, ctime: a.ctime };
-        self.append(&[op])?;
-        n.times_dirty = false;
         Ok(())
     }
 
@@ -536,12 +512,6 @@ impl Store {
         drop(_gate);
         self.maybe_checkpoint();
         Ok(())
-    }
-
-    /// Makes the journal durable (fsyncdir, and the tail of every fsync).
-    pub fn sync_journal(&self) -> Result<()> {
-        self.usable()?;
-        self.journal.sync().map_err(|e| self.failed_io("journal sync", e))
     }
 }
 

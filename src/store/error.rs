@@ -1,5 +1,7 @@
 //! The store's errors: [`Error`] for requests (each one errno), [`OpenError`] for the
-//! refusals of opening or formatting a store (each a message for the user).
+//! refusals of opening or formatting a store (each a message for the user), and
+//! [`LoadError`] for reading the metadata files (checkpoint, journal) at mount and in a
+//! background checkpoint.
 
 use std::fmt;
 use std::io;
@@ -72,11 +74,45 @@ impl From<io::Error> for OpenError {
     }
 }
 
-impl From<super::journal::ReplayError> for OpenError {
-    fn from(e: super::journal::ReplayError) -> Self {
+/// Why the metadata files (checkpoint, journal) could not be loaded, replayed or merged.
+#[derive(Debug)]
+pub enum LoadError {
+    /// Reading (or, in a merge, writing) them failed; the message names the file.
+    Io(io::Error),
+    /// They are damaged, or their records contradict each other; the message says where.
+    Corrupt(String),
+}
+
+impl LoadError {
+    /// An I/O error of the file at `path`, saying which file.
+    pub(crate) fn io_at(path: &std::path::Path, e: io::Error) -> LoadError {
+        LoadError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+}
+
+impl From<io::Error> for LoadError {
+    fn from(e: io::Error) -> Self {
+        LoadError::Io(e)
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Io(e) => write!(f, "I/O error: {e}"),
+            LoadError::Corrupt(m) => write!(f, "the metadata files are damaged: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// A failed load refuses the mount: damage as damage, an I/O error as an I/O error.
+impl From<LoadError> for OpenError {
+    fn from(e: LoadError) -> Self {
         match e {
-            super::journal::ReplayError::Io(e) => OpenError::Io(e),
-            super::journal::ReplayError::Corrupt(m) => OpenError::Corrupt(m),
+            LoadError::Io(e) => OpenError::Io(e),
+            LoadError::Corrupt(m) => OpenError::Corrupt(m),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Fault injection: the seam through which tests make the store's own I/O fail.
 //!
 //! Every place where the store writes or syncs its files (journal append and sync, msync of a
-//! segment range, segment creation, checkpoint write) asks [`check`] first. Nothing is armed
+//! segment range, segment creation, checkpoint write) or reads its metadata files asks
+//! [`check`] first. Nothing is armed
 //! unless the daemon was started with `MMAPFS_FAULTS`, e.g. `MMAPFS_FAULTS=msync=3,journal-write=10`:
 //! the 3rd msync and the 10th journal append fail once with `EIO`, exactly as a failing device
 //! would make them fail (`write-panic=N` makes the N-th write request panic instead, as a bug
@@ -28,16 +29,19 @@ pub(crate) enum Point {
     SegmentCreate,
     /// Writing a checkpoint.
     CheckpointWrite,
+    /// Reading a metadata file (the checkpoint or a journal file) at mount or in a merge.
+    MetaRead,
     /// A data write request panics (a bug in the store, as the adapter meets it).
     WritePanic,
 }
 
-const POINTS: [(Point, &str); 6] = [
+const POINTS: [(Point, &str); 7] = [
     (Point::JournalWrite, "journal-write"),
     (Point::JournalSync, "journal-sync"),
     (Point::Msync, "msync"),
     (Point::SegmentCreate, "segment-create"),
     (Point::CheckpointWrite, "checkpoint-write"),
+    (Point::MetaRead, "meta-read"),
     (Point::WritePanic, "write-panic"),
 ];
 
@@ -98,11 +102,11 @@ mod tests {
     #[test]
     fn spec_parsing() {
         let a = parse("msync=3,journal-write=10").unwrap();
-        assert_eq!(a.fail_at, [10, 0, 3, 0, 0, 0]);
+        assert_eq!(a.fail_at, [10, 0, 3, 0, 0, 0, 0]);
         let err = |s: &str| parse(s).err().expect("an error");
         assert!(err("msync").contains("point=N"));
         assert!(err("fsync=1").contains("unknown fault point `fsync`"));
         assert!(err("msync=x").contains("call number"));
-        assert_eq!(parse("").unwrap().fail_at, [0; 6]);
+        assert_eq!(parse("").unwrap().fail_at, [0; 7]);
     }
 }

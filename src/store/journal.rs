@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::codec::{Dec, Enc};
+use super::error::LoadError;
 use super::faults::{self, Point};
 use super::files;
 use super::meta::Op;
@@ -34,20 +35,6 @@ const RECORD_HEADER: usize = 16;
 const RECORD_TRAILER: usize = 4;
 /// Larger records cannot come from one request; a length beyond this is corruption.
 const MAX_RECORD: usize = 64 << 20;
-
-/// Why the journal could not be read.
-#[derive(Debug)]
-pub enum ReplayError {
-    Io(io::Error),
-    /// The journal is damaged; the message says where.
-    Corrupt(String),
-}
-
-impl From<io::Error> for ReplayError {
-    fn from(e: io::Error) -> Self {
-        ReplayError::Io(e)
-    }
-}
 
 struct Active {
     file: Arc<File>,
@@ -389,8 +376,8 @@ pub fn replay(
     uuid: &[u8; 16],
     after: u64,
     f: impl FnMut(u64, Vec<Op>) -> Result<(), String>,
-) -> Result<Replayed, ReplayError> {
-    replay_files(&list(dir)?, uuid, after, true, f)
+) -> Result<Replayed, LoadError> {
+    replay_files(&list(dir).map_err(|e| LoadError::io_at(dir, e))?, uuid, after, true, f)
 }
 
 /// Like [`replay`], for the records in (`after`, `upto`] of the files a rotation closed at
@@ -401,11 +388,12 @@ pub fn replay_upto(
     after: u64,
     upto: u64,
     f: impl FnMut(u64, Vec<Op>) -> Result<(), String>,
-) -> Result<Replayed, ReplayError> {
-    let files: Vec<_> = list(dir)?.into_iter().filter(|(first, _)| *first <= upto).collect();
+) -> Result<Replayed, LoadError> {
+    let files: Vec<_> =
+        list(dir).map_err(|e| LoadError::io_at(dir, e))?.into_iter().filter(|(first, _)| *first <= upto).collect();
     let out = replay_files(&files, uuid, after, false, f)?;
     if out.last != upto {
-        return Err(ReplayError::Corrupt(format!("journal: records {}..={upto} are missing", out.last + 1)));
+        return Err(LoadError::Corrupt(format!("journal: records {}..={upto} are missing", out.last + 1)));
     }
     Ok(out)
 }
@@ -416,11 +404,12 @@ fn replay_files(
     after: u64,
     torn_ok: bool,
     mut f: impl FnMut(u64, Vec<Op>) -> Result<(), String>,
-) -> Result<Replayed, ReplayError> {
+) -> Result<Replayed, LoadError> {
     let mut out = Replayed { last: after, records: 0, torn: None };
     for (i, (first, path)) in files.iter().enumerate() {
         let newest = torn_ok && i + 1 == files.len();
-        let data = files::read(path)?;
+        let data =
+            faults::check(Point::MetaRead).and_then(|()| files::read(path)).map_err(|e| LoadError::io_at(path, e))?;
         let name = path.display();
         if newest && (data.len() < HEADER_LEN || data[..HEADER_LEN].iter().all(|&b| b == 0)) {
             // A rotation names the new file before its header is flushed (appenders must not
@@ -433,7 +422,7 @@ fn replay_files(
             out.torn = Some(TornTail { path: path.clone(), at: 0 });
             break;
         }
-        let corrupt = |msg: String| ReplayError::Corrupt(format!("journal {name}: {msg}"));
+        let corrupt = |msg: String| LoadError::Corrupt(format!("journal {name}: {msg}"));
         let framing = match data.get(..8) {
             Some(m) if m == MAGIC => Framing::V2,
             Some(m) if m == MAGIC_V1 => Framing::V1,
@@ -522,7 +511,7 @@ mod tests {
 
     type Records = Vec<(u64, Vec<Op>)>;
 
-    fn collect(dir: &Path, after: u64) -> Result<(Records, Option<TornTail>), ReplayError> {
+    fn collect(dir: &Path, after: u64) -> Result<(Records, Option<TornTail>), LoadError> {
         let mut v = Vec::new();
         let r = replay(dir, &UUID, after, |s, o| {
             v.push((s, o));
@@ -638,7 +627,7 @@ mod tests {
         bad[HEADER_LEN + RECORD_HEADER + 3] ^= 0x40;
         std::fs::write(&path, &bad).unwrap();
         match collect(d.path(), 0) {
-            Err(ReplayError::Corrupt(m)) => assert!(m.contains("checksum"), "{m}"),
+            Err(LoadError::Corrupt(m)) => assert!(m.contains("checksum"), "{m}"),
             other => panic!("expected corruption, got {other:?}"),
         }
         assert_eq!(std::fs::read(&path).unwrap(), bad);
@@ -647,10 +636,10 @@ mod tests {
         let mut bad = now.clone();
         bad[HEADER_LEN] = 0xff;
         std::fs::write(&path, &bad).unwrap();
-        assert!(matches!(collect(d.path(), 0), Err(ReplayError::Corrupt(_))));
+        assert!(matches!(collect(d.path(), 0), Err(LoadError::Corrupt(_))));
         // A journal of another store is refused.
         std::fs::write(&path, &now).unwrap();
-        assert!(matches!(replay(d.path(), &[1; 16], 0, |_, _| Ok(())), Err(ReplayError::Corrupt(_))));
+        assert!(matches!(replay(d.path(), &[1; 16], 0, |_, _| Ok(())), Err(LoadError::Corrupt(_))));
     }
 
     #[test]
@@ -710,7 +699,7 @@ mod tests {
                 assert_eq!(&got[..], &all[..want], "{what}: records differ");
                 true
             }
-            Err(ReplayError::Corrupt(_)) => {
+            Err(LoadError::Corrupt(_)) => {
                 assert_eq!(std::fs::read(file).unwrap(), mutated, "{what}: a refused journal was modified");
                 false
             }

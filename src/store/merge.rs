@@ -4,8 +4,8 @@
 //! checkpoint, both read from disk, by a thread of their own:
 //!
 //! 1. the installed checkpoint is mapped and indexed by inode number (nothing decoded);
-//! 2. the closed files' records are replayed exactly as a mount replays them, onto a table
-//!    that decodes an inode from the checkpoint only when a record touches it;
+//! 2. the closed files' records are replayed exactly as a mount replays them (`recovery.rs`),
+//!    onto a table that decodes an inode from the checkpoint only when a record touches it;
 //! 3. the new image is streamed out in inode order: untouched inodes as their bytes, touched
 //!    ones re-encoded, freed ones left out, created ones merged in.
 //!
@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::checkpoint::{Base, Writer};
-use super::journal;
+use super::error::LoadError;
 use super::meta::{Ino, Inode};
-use super::open::replay_op;
+use super::recovery;
 use super::table::{Inodes, Node, Table};
 
 /// What a merge did.
@@ -32,19 +32,6 @@ pub struct Merged {
     pub inodes: u64,
     /// Of those, inodes the records touched (re-encoded) or created.
     pub rewritten: u64,
-}
-
-/// Why a merge failed: I/O, or files a mount would refuse too.
-#[derive(Debug)]
-pub enum MergeError {
-    Io(std::io::Error),
-    Corrupt(String),
-}
-
-impl From<std::io::Error> for MergeError {
-    fn from(e: std::io::Error) -> Self {
-        MergeError::Io(e)
-    }
 }
 
 /// The inodes the replayed records touched, over the base checkpoint they came from.
@@ -83,26 +70,18 @@ impl Inodes for Partial<'_> {
 
 /// Merges the journal records in (installed checkpoint's seq, `upto`] into a new checkpoint at
 /// `upto` and installs it. The records must be in closed journal files (see `Journal::rotate`).
-pub fn merge(meta_dir: &Path, uuid: &[u8; 16], block_size: u64, upto: u64) -> Result<Merged, MergeError> {
-    let base = Base::open(meta_dir, uuid).map_err(MergeError::Corrupt)?;
+/// Fails with I/O, or on files a mount would refuse too.
+pub fn merge(meta_dir: &Path, uuid: &[u8; 16], block_size: u64, upto: u64) -> Result<Merged, LoadError> {
+    let base = Base::open(meta_dir, uuid)?;
     if base.seq >= upto {
         return Ok(Merged { inodes: base.len() as u64, ..Merged::default() });
     }
     let partial =
         Partial { base: &base, table: Table::new(), freed: Mutex::new(HashSet::new()), bad: Mutex::new(None) };
     let mut next_ino = base.next_ino;
-    let replayed = journal::replay_upto(meta_dir, uuid, base.seq, upto, |_, ops| {
-        for op in &ops {
-            replay_op(&partial, op, block_size, &mut next_ino)?;
-        }
-        Ok(())
-    })
-    .map_err(|e| match e {
-        journal::ReplayError::Io(e) => MergeError::Io(e),
-        journal::ReplayError::Corrupt(m) => MergeError::Corrupt(m),
-    })?;
+    let replayed = recovery::replay(&partial, meta_dir, uuid, base.seq, Some(upto), block_size, &mut next_ino)?;
     if let Some(ino) = *partial.bad.lock().unwrap_or_else(|p| p.into_inner()) {
-        return Err(MergeError::Corrupt(format!("checkpoint: inode {ino} does not decode")));
+        return Err(LoadError::Corrupt(format!("checkpoint: inode {ino} does not decode")));
     }
     let freed = partial.freed.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut touched: Vec<Node> = partial.table.nodes();

@@ -15,13 +15,17 @@ mod data;
 mod error;
 pub mod faults;
 mod files;
+mod format;
 pub mod fsck;
 pub mod inspect;
 pub(crate) mod journal;
+mod lock_file;
+mod locks;
 mod merge;
 pub(crate) mod meta;
 mod namespace;
 mod open;
+mod recovery;
 mod segment;
 pub(crate) mod superblock;
 mod sync;
@@ -32,58 +36,22 @@ mod tests;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, OnceLock, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use alloc::{Allocator, Run};
 pub use backend::{Advice, Backend, PoolFigures, Tuning};
-pub use error::{Error, OpenError, Result};
+pub use error::{Error, LoadError, OpenError, Result};
+pub use format::{FormatOptions, format};
+use locks::{lock, rd, wr};
 pub use meta::{Ino, ROOT};
 use meta::{Inode, Op, Ts};
-pub use open::format;
-#[cfg(test)]
-use open::read_superblock;
 use segment::Segment;
 use superblock::Superblock;
 use table::{Node, Table};
 
 /// Longest name in a directory.
 pub const NAME_MAX: usize = 255;
-
-/// How to create a store that does not exist yet.
-#[derive(Clone, Copy, Debug)]
-pub struct FormatOptions {
-    /// Size of each segment file. Default 64 MiB.
-    pub segment_size: u64,
-    /// Most bytes of file data the store holds. Default 16 GiB.
-    pub capacity: u64,
-}
-
-impl FormatOptions {
-    /// Checks the geometry as the superblock will: `mmapfs format` and a mount that creates a
-    /// store refuse the same options with the same message.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        self.superblock([0; 16]).validate()
-    }
-
-    /// The superblock of a store formatted with these options (capacity rounded down to
-    /// whole segments).
-    fn superblock(&self, uuid: [u8; 16]) -> Superblock {
-        Superblock {
-            version: superblock::VERSION,
-            block_size: superblock::page_size() as u32,
-            uuid,
-            segment_size: self.segment_size,
-            capacity: self.capacity / self.segment_size.max(1) * self.segment_size.max(1),
-        }
-    }
-}
-
-impl Default for FormatOptions {
-    fn default() -> Self {
-        FormatOptions { segment_size: 64 << 20, capacity: 16 << 30 }
-    }
-}
 
 /// What fsync does (an experiment knob; `Full` is the only safe choice).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -194,16 +162,6 @@ pub struct Store {
     _lock: File,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-fn rd<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
-}
-fn wr<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Write-locks an inode that has not been freed (an unlinked, closed inode the kernel still
 /// remembers accepts no changes).
 fn wr_live(node: &Node) -> Result<RwLockWriteGuard<'_, Inode>> {
@@ -223,6 +181,12 @@ impl Store {
     /// The superblock.
     pub fn superblock(&self) -> &Superblock {
         &self.sb
+    }
+
+    /// Segment `idx`.
+    fn seg(&self, idx: u64) -> &Segment {
+        // Extents only name blocks of segments that exist (checked at mount, made before use).
+        self.segments[idx as usize].get().expect("extent in a segment that exists")
     }
 
     fn node(&self, ino: Ino) -> Result<Node> {
@@ -277,6 +241,30 @@ impl Store {
         Ok(())
     }
 
+    /// Journals mtime/ctime that data writes changed since they were last journaled.
+    fn journal_times(&self, ino: Ino, node: &Node) -> Result<()> {
+        if !rd(node).times_dirty {
+            return Ok(());
+        }
+        let _g = rd(&self.gate);
+        let mut n = wr(node);
+        if !n.times_dirty || n.freed {
+            return Ok(());
+        }
+        let a = n.attr;
+        let op =
+            Op::SetAttr { ino, perm: a.perm, uid: a.uid, gid: a.gid, atime: a.atime, mtime: a.mtime, ctime: a.ctime };
+        self.append(&[op])?;
+        n.times_dirty = false;
+        Ok(())
+    }
+
+    /// Makes the journal durable (fsyncdir, and the tail of every fsync).
+    pub fn sync_journal(&self) -> Result<()> {
+        self.usable()?;
+        self.journal.sync().map_err(|e| self.failed_io("journal sync", e))
+    }
+
     /// Asks the checkpoint thread for a checkpoint if the journal has grown past its budget.
     /// Requests never take a checkpoint themselves: they would stall on it.
     fn maybe_checkpoint(&self) {
@@ -312,9 +300,9 @@ impl Store {
         let _only_one = lock(&self.checkpointing);
         self.usable()?;
         let started = std::time::Instant::now();
-        let sticky = |e: merge::MergeError| match e {
-            merge::MergeError::Io(e) => self.failed_io("background checkpoint", e),
-            merge::MergeError::Corrupt(m) => self.failed_io(
+        let sticky = |e: LoadError| match e {
+            LoadError::Io(e) => self.failed_io("background checkpoint", e),
+            LoadError::Corrupt(m) => self.failed_io(
                 "background checkpoint",
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -372,7 +360,7 @@ impl Store {
     /// Notes in the lock file that the mount is over and the store is closing, so that a
     /// mount of the same store waits for it instead of being refused.
     pub fn mark_closing(&self) {
-        if let Err(e) = open::write_pid(&self._lock, open::LockState::Closing) {
+        if let Err(e) = lock_file::write_pid(&self._lock, lock_file::LockState::Closing) {
             log::warn!("cannot mark the store as closing in its lock file: {e}");
         }
     }
@@ -388,7 +376,7 @@ impl Store {
         // Record times changed by data writes since their last journal record.
         self.checkpoint()?;
         self.sync_journal()?;
-        Ok(open::write_pid(&self._lock, open::LockState::Clean)?)
+        Ok(lock_file::write_pid(&self._lock, lock_file::LockState::Clean)?)
     }
 
     /// Gives the host space of large free runs back to the host filesystem (punched holes in

@@ -1,174 +1,26 @@
-//! Opening a store: formatting, the superblock, the store lock, loading the checkpoint and
+//! Opening a store: the store lock, loading the checkpoint and
 //! the journal (read and verified before any file is modified), recovery after a crash, and
 //! freeing the inodes a crash left orphaned.
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::alloc::{Allocator, Run};
 use super::backend;
 use super::error::OpenError;
 use super::files;
-use super::meta::{self, Attr, Content, Dir, Inode, Kind, Op, Ts};
+use super::format::{format, read_superblock, write_superblock};
+use super::lock_file::{LockState, take_lock, write_pid};
+use super::meta::{self, Op};
+use super::recovery;
 use super::segment::Segment;
 use super::superblock::{self, Superblock};
-use super::table::{Inodes, Node, Table};
-use super::{Counters, FormatOptions, Ino, OpenOptions, ROOT, Result, Store, checkpoint, journal, rd, wr};
-
-/// Creates a new, empty store in `dir` (which must not exist or be empty).
-pub fn format(dir: &Path, opts: FormatOptions) -> Result<(), OpenError> {
-    opts.validate().map_err(OpenError::Geometry)?;
-    let sb = opts.superblock(superblock::random_uuid()?);
-    files::create_dir(dir)?;
-    if std::fs::read_dir(dir)?.next().is_some() {
-        return Err(OpenError::NotAStore(dir.into(), "the directory is not empty; refusing to format it".into()));
-    }
-    files::create_dir(&dir.join("segments"))?;
-    files::create_dir(&dir.join("meta"))?;
-    // The root directory, in an initial checkpoint.
-    let now = Ts::now();
-    // SAFETY: getuid/getgid cannot fail and touch no memory.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let root = Inode::new(
-        Attr {
-            ino: ROOT,
-            kind: Kind::Dir,
-            perm: 0o755,
-            uid,
-            gid,
-            nlink: 2,
-            rdev: 0,
-            size: 0,
-            blocks: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-        },
-        Content::Dir(Box::new(Dir::new(ROOT))),
-    );
-    let mut e = checkpoint::begin(&sb.uuid, 0, ROOT + 1, 1);
-    checkpoint::encode_inode(&mut e, &root);
-    checkpoint::install(&dir.join("meta"), e)?;
-    // The superblock last: a directory without one is not a store yet.
-    write_superblock(dir, &sb)?;
-    log::info!("formatted store {} (segment {} B, capacity {} B)", dir.display(), sb.segment_size, sb.capacity);
-    Ok(())
-}
-
-/// Reads and checks the superblock of `dir`.
-pub fn read_superblock(dir: &Path) -> Result<Superblock, OpenError> {
-    let data = match files::read(&dir.join("superblock")) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(OpenError::NotAStore(dir.into(), "it has no superblock file".into()));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(OpenError::Unsafe(e.to_string())),
-        Err(e) => return Err(e.into()),
-    };
-    Superblock::decode(&data).map_err(|e| match e {
-        superblock::SuperblockError::Foreign => {
-            OpenError::NotAStore(dir.into(), "the superblock has no mmapfs magic".into())
-        }
-        superblock::SuperblockError::Version(v) => OpenError::Version(v),
-        superblock::SuperblockError::Corrupt(m) => OpenError::Corrupt(format!("superblock: {m}")),
-    })
-}
-
-/// Writes the superblock atomically (temporary file, synced, renamed, directory synced).
-fn write_superblock(dir: &Path, sb: &Superblock) -> Result<(), OpenError> {
-    let tmp = dir.join("superblock.tmp");
-    let mut f = files::open(&tmp, std::fs::OpenOptions::new().write(true).create(true).truncate(true))?;
-    f.write_all(&sb.encode())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join("superblock"))?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
-/// How long a mount waits for a daemon that holds the store but serves no mount any more
-/// (it is writing its final checkpoint after `umount`) or not yet.
-const HOLDER_WAIT: Duration = Duration::from_secs(30);
-
-/// What the lock file says about its (last) holder: `PID`, `PID closing` once its mount is
-/// over, `PID clean` once it has closed the store with everything durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LockState {
-    Serving,
-    Closing,
-    Clean,
-}
-
-impl LockState {
-    fn word(self) -> &'static str {
-        match self {
-            LockState::Serving => "",
-            LockState::Closing => " closing",
-            LockState::Clean => " clean",
-        }
-    }
-}
-
-fn holder(f: &mut File) -> (Option<u32>, LockState) {
-    let mut s = String::new();
-    let _ = f.seek(std::io::SeekFrom::Start(0));
-    let _ = f.read_to_string(&mut s);
-    let mut words = s.split_whitespace();
-    let pid = words.next().and_then(|p| p.parse().ok());
-    let state = match (pid, words.next()) {
-        // A new lock file: no daemon has served this store since it was formatted.
-        (None, _) | (_, Some("clean")) => LockState::Clean,
-        (_, Some("closing")) => LockState::Closing,
-        _ => LockState::Serving,
-    };
-    (pid, state)
-}
-
-/// Takes the store's lock file. A holder that serves a mount is refused at once with its pid;
-/// one that serves none (finishing after `umount`, or still starting) is waited for, up to
-/// [`HOLDER_WAIT`], so that `umount` followed at once by `mount` works.
-pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState), OpenError> {
-    let mut f = files::open(
-        &dir.join("lock"),
-        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false),
-    )?;
-    let started = Instant::now();
-    let mut told = false;
-    loop {
-        // SAFETY: flock on an fd we own; no memory is passed.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            if told {
-                log::info!("the previous holder let go of the store after {:?}", started.elapsed());
-            }
-            let (_, last) = holder(&mut f);
-            return Ok((f, last));
-        }
-        let (pid, state) = holder(&mut f);
-        let closing = state != LockState::Serving;
-        if (!closing && crate::mounts::serves_store(dir)) || started.elapsed() > HOLDER_WAIT {
-            return Err(OpenError::Locked { pid });
-        }
-        if !told {
-            let what = if closing { "is finishing its unmount" } else { "serves no mount (yet)" };
-            let pid = pid.map_or_else(|| "another process".to_string(), |p| format!("pid {p}"));
-            log::info!("the store is held by {pid}, which {what}; waiting up to {HOLDER_WAIT:?}");
-            told = true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Records our pid and state in the lock file.
-pub(crate) fn write_pid(mut f: &File, state: LockState) -> std::io::Result<()> {
-    f.set_len(0)?;
-    f.seek(std::io::SeekFrom::Start(0))?;
-    writeln!(f, "{}{}", std::process::id(), state.word())?;
-    Ok(())
-}
+use super::table::Table;
+use super::{Counters, OpenOptions, ROOT, Result, Store, journal, rd, wr};
 
 /// A store's metadata as read from its files, verified and not yet acted on.
 pub(crate) struct Loaded {
@@ -197,6 +49,15 @@ fn check_store(dir: &Path) -> Result<Vec<PathBuf>, OpenError> {
 
 fn corrupt_at(path: &Path, m: impl std::fmt::Display) -> OpenError {
     OpenError::Corrupt(format!("{}: {m}", path.display()))
+}
+
+/// A store file that is missing or of the wrong size is damage; any other failure to reach
+/// it is an I/O error, and says so.
+fn damage_or_io(path: &Path, e: std::io::Error) -> OpenError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData => corrupt_at(path, e),
+        _ => OpenError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
 }
 
 /// Reads and verifies everything a mount needs (superblock, segment files, checkpoint,
@@ -238,31 +99,13 @@ fn load_checked(dir: &Path, loose: Vec<PathBuf>) -> Result<Loaded, OpenError> {
     }
     for i in 0..count {
         let path = seg_dir.join(format!("{i:06}.seg"));
-        let len = std::fs::metadata(&path).map_err(|e| corrupt_at(&path, e))?.len();
+        let len = std::fs::metadata(&path).map_err(|e| damage_or_io(&path, e))?.len();
         if len != sb.segment_size {
             return Err(corrupt_at(&path, format!("{len} bytes, the superblock says {}", sb.segment_size)));
         }
     }
-    // Metadata: checkpoint, then the journal after it.
-    let snap = checkpoint::load(&meta_dir, &sb.uuid)
-        .map_err(OpenError::Corrupt)?
-        .ok_or_else(|| OpenError::Corrupt("meta/checkpoint is missing".into()))?;
-    let table = Table::new();
-    let checkpointed = snap.inodes.len();
-    for inode in snap.inodes {
-        if table.get(inode.attr.ino).is_some() {
-            return Err(OpenError::Corrupt(format!("checkpoint: inode {} twice", inode.attr.ino)));
-        }
-        table.insert(inode);
-    }
-    let bs = sb.block_size as u64;
-    let mut next_ino = snap.next_ino;
-    let replayed = journal::replay(&meta_dir, &sb.uuid, snap.seq, |_, ops| {
-        for op in &ops {
-            replay_op(&table, op, bs, &mut next_ino)?;
-        }
-        Ok(())
-    })?;
+    let recovery::Metadata { table, next_ino, replayed, checkpointed } =
+        recovery::load(&meta_dir, &sb.uuid, sb.block_size as u64)?;
     if table.get(ROOT).is_none() {
         return Err(OpenError::Corrupt("the root directory is missing".into()));
     }
@@ -323,8 +166,8 @@ impl Store {
         let engine = backend::engine(&opts.tuning, sb.max_segments())?;
         for (i, slot) in segments.iter().enumerate().take(count as usize) {
             let path = seg_dir.join(format!("{i:06}.seg"));
-            let seg =
-                Segment::open(&path, sb.segment_size as usize, i as u32, &*engine).map_err(|e| corrupt_at(&path, e))?;
+            let seg = Segment::open(&path, sb.segment_size as usize, i as u32, &*engine)
+                .map_err(|e| damage_or_io(&path, e))?;
             let _ = slot.set(seg);
         }
         let meta_dir = dir.join("meta");
@@ -435,77 +278,4 @@ fn batch_sync_safe(dir: &Path) -> bool {
         return false;
     }
     true
-}
-
-/// Applies one journaled op (at mount, and in a background checkpoint).
-pub(super) fn replay_op(table: &impl Inodes, op: &Op, bs: u64, next_ino: &mut u64) -> std::result::Result<(), String> {
-    let get = |ino: Ino| -> std::result::Result<Node, String> {
-        table.get(ino).ok_or_else(|| format!("inode {ino} does not exist"))
-    };
-    let bad = |e: meta::Inconsistent| e.0;
-    match op {
-        Op::Create { ino, parent, .. } => {
-            if get(*ino).is_ok() {
-                return Err(format!("inode {ino} created twice"));
-            }
-            meta::apply_create(&mut wr(&*get(*parent)?), op).map_err(bad)?;
-            table.insert(meta::created_inode(op));
-            *next_ino = (*next_ino).max(ino + 1);
-        }
-        Op::Unlink { parent, name, time } => {
-            let e = meta::apply_unlink_dir(&mut wr(&*get(*parent)?), name, *time).map_err(bad)?;
-            meta::apply_unlink_child(&mut wr(&*get(e.ino)?), *time);
-        }
-        Op::Rename { parent, name, newparent, newname, .. } => {
-            let src = rd(&*get(*parent)?).dir().and_then(|d| d.get(name)).cloned().ok_or("rename of a missing name")?;
-            let dst = rd(&*get(*newparent)?).dir().and_then(|d| d.get(newname)).map(|e| e.ino);
-            let (pn, npn, mn) = (get(*parent)?, get(*newparent)?, get(src.ino)?);
-            let rn = dst.map(get).transpose()?;
-            let mut pg = wr(&pn);
-            let mut npg = if newparent != parent { Some(wr(&npn)) } else { None };
-            let mut mg = wr(&mn);
-            let mut rg = rn.as_ref().map(|n| wr(n));
-            meta::apply_rename(&mut pg, npg.as_deref_mut(), &mut mg, rg.as_deref_mut(), op).map_err(bad)?;
-        }
-        Op::Free { ino } => {
-            let n = get(*ino)?;
-            meta::apply_free(&mut wr(&n));
-            table.remove(*ino);
-        }
-        Op::SetAttr { ino, .. } => meta::apply_setattr(&mut wr(&*get(*ino)?), op),
-        Op::SetSize { ino, .. } => {
-            meta::apply_setsize(&mut wr(&*get(*ino)?), op, bs).map_err(bad)?;
-        }
-        Op::Map { ino, .. } => meta::apply_map(&mut wr(&*get(*ino)?), op).map_err(bad)?,
-        Op::Link { ino, parent, .. } => {
-            let (pn, cn) = (get(*parent)?, get(*ino)?);
-            meta::apply_link(&mut wr(&pn), &mut wr(&cn), op).map_err(bad)?;
-        }
-        Op::Exchange { parent, name, newparent, newname, .. } => {
-            let a = rd(&*get(*parent)?)
-                .dir()
-                .and_then(|d| d.get(name))
-                .map(|e| e.ino)
-                .ok_or("exchange of a missing name")?;
-            let b = rd(&*get(*newparent)?)
-                .dir()
-                .and_then(|d| d.get(newname))
-                .map(|e| e.ino)
-                .ok_or("exchange of a missing name")?;
-            if a == b {
-                return Err("exchange of an inode with itself".into());
-            }
-            let (pn, npn, an, bn) = (get(*parent)?, get(*newparent)?, get(a)?, get(b)?);
-            let mut pg = wr(&pn);
-            let mut npg = if newparent != parent { Some(wr(&npn)) } else { None };
-            meta::apply_exchange(&mut pg, npg.as_deref_mut(), &mut wr(&an), &mut wr(&bn), op).map_err(bad)?;
-        }
-        Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. } => {
-            meta::apply_xattr(&mut wr(&*get(*ino)?), op).map_err(bad)?
-        }
-        Op::Punch { ino, .. } => {
-            meta::apply_punch(&mut wr(&*get(*ino)?), op).map_err(bad)?;
-        }
-    }
-    Ok(())
 }

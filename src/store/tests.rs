@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::backend::{Backend, Tuning};
+use super::format::read_superblock;
 use super::meta::Kind;
 use super::*;
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::inode::{Ino, Kind};
+use super::attr::{Ino, Kind};
 use crate::store::codec::Malformed;
 
 /// An entry name: up to 16 bytes inline (most names), longer ones on the heap.

@@ -3,9 +3,10 @@
 //! the journal through the very same functions, so the state after a crash is exactly the
 //! state the journal describes.
 
+use super::attr::{Attr, Ino, Kind, Ts};
 use super::dir::{Dir, Entry};
 use super::extents::{Extent, Extents};
-use super::inode::{Attr, Content, Ino, Inode, Kind, Ts};
+use super::inode::{Content, Inode};
 use crate::store::alloc::{BlockNo, Run};
 use crate::store::codec::{Dec, Enc, Malformed};
 
