@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -16,34 +15,16 @@ use std::process::Command;
 
 use common::{Mounted, run};
 
-/// Mode and owner of everything under `dir` (symlinks not followed), and file contents.
-fn snapshot(dir: &Path) -> BTreeMap<String, (u32, u32, Vec<u8>)> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = fs::symlink_metadata(&p).unwrap();
-            let data = if md.is_file() { fs::read(&p).unwrap() } else { Vec::new() };
-            m.insert(p.display().to_string(), (md.mode(), md.uid(), data));
-            if md.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    m
-}
-
 /// Tries to mount `store`; must fail with `want` in the message and leave the store as it was.
 fn refused(store: &Path, want: &[&str]) {
-    let before = snapshot(store);
+    let before = common::tree(store);
     let mnt = store.with_extension("mnt");
     let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), store.as_os_str(), mnt.as_os_str()]);
     assert!(!ok, "the mount was not refused");
     for w in want {
         assert!(err.contains(w), "{w:?} not in: {err}");
     }
-    assert!(before == snapshot(store), "a refused store was modified");
+    assert!(before == common::tree(store), "a refused store was modified");
     assert!(!common::is_mounted(&mnt));
 }
 
@@ -72,17 +53,23 @@ fn store_files_are_private_whatever_the_umask() {
         .unwrap();
     let mnt = mmapfs::testing::wait_mounted(&mnt, &mut child, std::time::Duration::from_secs(20)).unwrap();
     fs::write(mnt.join("f"), vec![1u8; 100_000]).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500)); // stats.json is written each second
+    // The daemon writes stats.json within a second of the mount: wait for it to be there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !store.join("stats.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "no stats.json within 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(common::wait_timeout(&mut child, std::time::Duration::from_secs(20)).unwrap().success());
-    let all = snapshot(&store);
-    assert!(all.keys().any(|k| k.ends_with("stats.json")) && all.keys().any(|k| k.ends_with(".seg")), "{all:?}");
+    let all = common::tree(&store);
+    let has = |ext: &str| all.keys().any(|k| k.extension().is_some_and(|e| e == ext));
+    assert!(has("json") && has("seg"), "{:?}", all.keys());
     let root = fs::metadata(&store).unwrap().mode() & 0o777;
     assert_eq!(root, 0o700, "the store directory");
-    for (path, (mode, _, _)) in &all {
-        let want = if Path::new(path).is_dir() { 0o700 } else { 0o600 };
-        assert_eq!(mode & 0o777, want, "{path}: mode {:o}", mode & 0o777);
+    for (path, e) in &all {
+        let want = if e.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(e.mode & 0o777, want, "{}: mode {:o}", path.display(), e.mode & 0o777);
     }
     // uid 1000 cannot read a segment (where a 0600 file's bytes live) or the journal.
     let out = Command::new("setpriv")
@@ -96,9 +83,9 @@ fn store_files_are_private_whatever_the_umask() {
 #[test]
 fn a_looser_existing_store_is_tightened_at_mount() {
     let (tmp, store) = store_with_data();
-    for (path, _) in snapshot(&store) {
-        let mode = if Path::new(&path).is_dir() { 0o755 } else { 0o644 };
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    for (path, e) in common::tree(&store) {
+        let mode = if e.is_dir() { 0o755 } else { 0o644 };
+        fs::set_permissions(store.join(path), fs::Permissions::from_mode(mode)).unwrap();
     }
     fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
     let (code, report) = common::fsck(&store);
@@ -109,8 +96,8 @@ fn a_looser_existing_store_is_tightened_at_mount() {
     assert_eq!(fs::read(m.path("secret")).unwrap(), b"for my eyes only");
     m.stop();
     assert_eq!(fs::metadata(&store).unwrap().mode() & 0o777, 0o700);
-    for (path, (mode, _, _)) in snapshot(&store) {
-        assert_eq!(mode & 0o077, 0, "{path}: mode {:o}", mode & 0o777);
+    for (path, e) in common::tree(&store) {
+        assert_eq!(e.mode & 0o077, 0, "{}: mode {:o}", path.display(), e.mode & 0o777);
     }
 }
 

@@ -8,17 +8,38 @@ use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::{Mounted, run};
 
-fn stats_json(path: &std::path::Path) -> serde_json::Value {
+fn stats_json(path: &Path) -> serde_json::Value {
     let out = std::process::Command::new(common::BIN)
         .args([OsStr::new("stats"), OsStr::new("--json"), path.as_os_str()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The daemon's figures as of now: waits for a snapshot written after this call began (the
+/// daemon writes one a second), so everything that returned before the call is counted.
+fn fresh_stats(store: &Path) -> serde_json::Value {
+    let uptime = |s: &serde_json::Value| s["uptime_s"].as_f64().unwrap();
+    let read = || fs::read(store.join("stats.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    // No snapshot yet: any that appears is fresh.
+    let since = read().map_or(-1.0, |s| uptime(&s));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = read().filter(|s| uptime(s) > since) {
+            // Through the command users run, now that a fresh snapshot is there.
+            let shown = stats_json(store);
+            assert!(uptime(&shown) >= uptime(&s));
+            return shown;
+        }
+        assert!(Instant::now() < deadline, "no new stats.json in {} within 20 s", store.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn op<'a>(s: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
@@ -34,8 +55,8 @@ fn stats_while_running_and_after() {
     f.sync_all().unwrap();
     drop(f);
     assert_eq!(fs::read(m.path("f")).unwrap().len(), data.len());
-    std::thread::sleep(Duration::from_millis(1500)); // the snapshot is written every second
-    let s = stats_json(&m.mnt);
+    let s = fresh_stats(&m.store);
+    assert_eq!(stats_json(&m.mnt)["pid"], s["pid"], "by mountpoint too");
     assert_eq!(s["pid"].as_u64().unwrap(), m.pid() as u64);
     assert_eq!(s["options"]["backend"], "mmap");
     assert_eq!(s["options"]["madvise"], "random");
@@ -92,8 +113,7 @@ fn direct_backend_writes_what_mmap_reads_even_after_kill_9() {
     m.kill9();
     m.start().unwrap();
     assert!(fs::read(m.path("x")).unwrap() == data, "read back through the pool");
-    std::thread::sleep(Duration::from_millis(1500));
-    let s = stats_json(&m.store);
+    let s = fresh_stats(&m.store);
     assert_eq!(s["options"]["backend"], "direct");
     let pool = &s["pool"];
     assert_eq!(pool["bytes"], 4 << 20);
@@ -137,8 +157,7 @@ fn sync_none_skips_syncing() {
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(m.path("f")).unwrap();
     f.write_all(&[1u8; 1 << 20]).unwrap();
     f.sync_all().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let s = stats_json(&m.store);
+    let s = fresh_stats(&m.store);
     assert_eq!(s["options"]["sync"], "none");
     assert_eq!(s["options"]["populate"], "true");
     assert_eq!(s["msync_calls"], 0);
@@ -152,10 +171,10 @@ fn sync_none_skips_syncing() {
 fn a_miss_is_looked_up_once() {
     let m = Mounted::new(&[]);
     let before = |s: &serde_json::Value| op(s, "lookup").map_or(0, |o| o["count"].as_u64().unwrap());
-    // `stats MOUNTPOINT` itself looks up "superblock" there once (is it a store?).
-    stats_json(&m.mnt);
-    std::thread::sleep(Duration::from_millis(1200));
-    let n0 = before(&stats_json(&m.mnt));
+    // `stats MOUNTPOINT` itself looks up "superblock" there once (is it a store?): done
+    // before the count starts.
+    let _ = std::process::Command::new(common::BIN).arg("stats").arg(&m.mnt).output().unwrap();
+    let n0 = before(&fresh_stats(&m.store));
     for i in 0..20 {
         let p = m.path(&format!("new{i}"));
         assert_eq!(fs::metadata(&p).unwrap_err().kind(), std::io::ErrorKind::NotFound);
@@ -163,8 +182,7 @@ fn a_miss_is_looked_up_once() {
         fs::write(&p, b"x").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"x");
     }
-    std::thread::sleep(Duration::from_millis(1200));
-    let s = stats_json(&m.mnt);
+    let s = fresh_stats(&m.store);
     assert_eq!(before(&s) - n0, 20, "one LOOKUP per new name");
     assert_eq!(s["options"]["madvise"], "random", "the default advice");
     // Removing one makes it missing again.
@@ -180,8 +198,7 @@ fn max_write_caps_write_requests() {
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
     fs::write(m.path("f"), &data).unwrap();
     assert_eq!(fs::read(m.path("f")).unwrap(), data);
-    std::thread::sleep(Duration::from_millis(1200));
-    let s = stats_json(&m.mnt);
+    let s = fresh_stats(&m.store);
     assert_eq!(s["options"]["max_write"], "65536");
     let w = op(&s, "write").unwrap();
     assert_eq!(w["bytes"].as_u64().unwrap(), 1 << 20);

@@ -5,33 +5,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
 use common::{Mounted, run};
-
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                m.insert(
-                    e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned(),
-                    fs::read(e.path()).unwrap(),
-                );
-            }
-        }
-    }
-    m
-}
 
 fn mount_fails(m: &mut Mounted) -> String {
     match m.start() {
@@ -142,10 +121,10 @@ fn corrupt_superblock_is_refused_untouched() {
     let mut bytes = fs::read(&sb).unwrap();
     bytes[33] ^= 0x10; // inside the segment size
     fs::write(&sb, &bytes).unwrap();
-    let before = snapshot(&m.store);
+    let before = common::tree(&m.store);
     let log = mount_fails(&mut m);
     assert!(log.contains("damaged") && log.contains("superblock"), "{log}");
-    assert!(snapshot(&m.store) == before, "a refused store was modified");
+    assert!(common::tree(&m.store) == before, "a refused store was modified");
 }
 
 #[test]
@@ -165,10 +144,10 @@ fn corrupt_journal_record_is_refused_untouched() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     fs::write(&journal, &bytes).unwrap();
-    let before = snapshot(&m.store);
+    let before = common::tree(&m.store);
     let log = mount_fails(&mut m);
     assert!(log.contains("damaged") && log.contains("journal") && log.contains("checksum"), "{log}");
-    assert!(snapshot(&m.store) == before, "a refused store was modified");
+    assert!(common::tree(&m.store) == before, "a refused store was modified");
 }
 
 #[test]
@@ -182,10 +161,10 @@ fn corrupt_checkpoint_and_truncated_segment_are_refused_untouched() {
     let at = bad.len() / 2;
     bad[at] ^= 0x80;
     fs::write(&ck, &bad).unwrap();
-    let before = snapshot(&m.store);
+    let before = common::tree(&m.store);
     let log = mount_fails(&mut m);
     assert!(log.contains("damaged") && log.contains("checkpoint") && log.contains("checksum"), "{log}");
-    assert!(snapshot(&m.store) == before);
+    assert!(common::tree(&m.store) == before);
     // Restore it, then cut a segment short: mapping it would SIGBUS, so it is refused.
     fs::write(&ck, &good).unwrap();
     let seg = m.store.join("segments/000000.seg");
@@ -200,14 +179,14 @@ fn foreign_directories_and_other_versions_are_refused_untouched() {
     let foreign = tmp.path().join("foreign");
     fs::create_dir(&foreign).unwrap();
     fs::write(foreign.join("notes.txt"), b"my precious data").unwrap();
-    let before = snapshot(&foreign);
+    let before = common::tree(&foreign);
     let mnt = tmp.path().join("mnt");
     let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), foreign.as_os_str(), mnt.as_os_str()]);
     assert!(!ok && err.contains("not an mmapfs store"), "{err}");
-    assert!(snapshot(&foreign) == before);
+    assert!(common::tree(&foreign) == before);
     let (ok, err) = run(&[OsStr::new("format"), foreign.as_os_str()]);
     assert!(!ok && err.contains("not empty"), "{err}");
-    assert!(snapshot(&foreign) == before);
+    assert!(common::tree(&foreign) == before);
 
     // A store written by a future format version.
     let store = tmp.path().join("v3");
@@ -224,10 +203,10 @@ fn foreign_directories_and_other_versions_are_refused_untouched() {
     let mut bytes = fs::read(&sb).unwrap();
     bytes[8] = 3;
     fs::write(&sb, &bytes).unwrap();
-    let before = snapshot(&store);
+    let before = common::tree(&store);
     let (ok, err) = run(&[OsStr::new("mount"), OsStr::new("--store"), store.as_os_str(), mnt.as_os_str()]);
     assert!(!ok && err.contains("format version 3"), "{err}");
-    assert!(snapshot(&store) == before);
+    assert!(common::tree(&store) == before);
     assert!(!common::is_mounted(&mnt));
 }
 

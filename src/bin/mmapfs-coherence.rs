@@ -432,7 +432,12 @@ fn mtime_after_msync(_: &Opts, w: &Path) -> Outcome {
     loop {
         let after = times(&p)?;
         if (after.0, after.1) > (before.0, before.1) && (after.2, after.3) > (before.2, before.3) {
-            return Ok(());
+            let len = io(std::fs::metadata(&p), "stat")?.len();
+            return if len == 16 * PAGE as u64 {
+                Ok(())
+            } else {
+                Err(format!("mapped stores changed the size to {len}"))
+            };
         }
         if Instant::now() > deadline {
             return Err(format!("mtime/ctime did not advance: {before:?} → {after:?}"));

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod model;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_mmapfs");
 
 /// A running daemon with its store and mountpoint.
@@ -195,4 +197,39 @@ pub fn errno() -> i32 {
 
 pub fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// One entry of [`tree`]: mode (with the file type bits), owner, and a file's bytes (empty for
+/// anything else).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub mode: u32,
+    pub uid: u32,
+    pub data: Vec<u8>,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
+/// Everything under `dir` (symlinks not followed), by path relative to `dir`: what a test
+/// compares to prove a refused store was left exactly as it was, or checks modes in.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Entry> {
+    use std::os::unix::fs::MetadataExt;
+    let mut m = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let data = if md.is_file() { std::fs::read(&p).unwrap() } else { Vec::new() };
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            m.insert(p.strip_prefix(dir).unwrap().to_path_buf(), Entry { mode: md.mode(), uid: md.uid(), data });
+        }
+    }
+    m
 }
