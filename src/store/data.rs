@@ -1,4 +1,5 @@
-//! File data of the store: read, write, truncate, fsync, open and release.
+//! File data of the store: read, write, fallocate, truncate, copy_file_range, open and release
+//! (fsync is `sync.rs`), through the segments whatever their backend.
 
 use std::cell::RefCell;
 
@@ -67,8 +68,9 @@ impl Store {
         Ok(())
     }
 
-    /// Reads up to `size` bytes at `off` and hands them to `f`: the mapped bytes themselves
-    /// when the range lies in one extent, else a gathered copy (holes as zeros).
+    /// Reads up to `size` bytes at `off` and hands them to `f`: the segment's bytes themselves
+    /// when the range lies in one extent and the backend lends them (mmap), else a gathered
+    /// copy (holes as zeros).
     pub fn read<R>(&self, ino: Ino, off: u64, size: u32, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         let node = self.node(ino)?;
         let g = rd(&node);
@@ -387,7 +389,7 @@ impl Store {
         x.seek(off, g.attr.size, data, self.bs).ok_or(Error::NoSuchOffset)
     }
 
-    /// copy_file_range(2) inside the daemon: the data moves from one mapping to another
+    /// copy_file_range(2) inside the daemon: the data moves from one segment range to another
     /// through a per-thread buffer, never through the client. Returns the bytes copied.
     pub fn copy_range(&self, src: Ino, off_in: u64, dst: Ino, off_out: u64, len: u64) -> Result<usize> {
         const CHUNK: u64 = 1 << 20;

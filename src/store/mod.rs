@@ -365,7 +365,7 @@ impl Store {
         }
     }
 
-    /// Clean shutdown: all mapped data to disk, a final checkpoint.
+    /// Clean shutdown: every segment synced to disk, a final checkpoint.
     /// Ends with `clean` in the lock file, which lets the next mount skip the recovery flush.
     pub fn close(&self) -> Result<()> {
         self.mark_closing();
@@ -470,7 +470,7 @@ impl Store {
         }
     }
 
-    /// What the store reports for `mmapfs stats`: (segments mapped, resident bytes of the
+    /// What the store reports for `mmapfs stats`: (segments open, resident bytes of the
     /// segments, used bytes, inodes).
     pub fn usage(&self) -> (u64, Option<u64>, u64, u64) {
         let segs: Vec<&Segment> = self.segments.iter().filter_map(|s| s.get()).collect();

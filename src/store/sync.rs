@@ -1,4 +1,6 @@
-//! fsync: a file's dirty runs turned into the fewest msyncs that make them durable.
+//! fsync: a file's dirty runs turned into the fewest segment syncs that make them durable
+//! (`msync` of exact ranges with the mmap backend, `fdatasync` of the segment file with the
+//! others: `Segment::sync_range` is the backend's). The counters keep the name msync.
 
 use std::sync::atomic::Ordering;
 
@@ -61,8 +63,8 @@ pub(crate) fn by_segment(mut runs: Vec<Run>, bs: u64, ss: u64) -> Vec<SegmentRan
 }
 
 impl Store {
-    /// fsync/fdatasync: msync(MS_SYNC) of exactly the file's dirty ranges, then a durable
-    /// journal. A failure is sticky (see [`Store::failed_io`]).
+    /// fsync/fdatasync: a sync of exactly the file's dirty ranges (msync(MS_SYNC) with the
+    /// mmap backend), then a durable journal. A failure is sticky (see [`Store::failed_io`]).
     pub fn fsync(&self, ino: Ino) -> Result<()> {
         self.usable()?;
         if self.sync_policy == SyncPolicy::None {
@@ -107,8 +109,9 @@ impl Store {
     ///    fdatasync (which `--sync full` pays anyway) or, under `--sync data`, an msync of the
     ///    last range.
     ///
-    /// Elsewhere every range gets its own msync. The pread backend has no mapping: its step 3
-    /// is one fdatasync per segment.
+    /// Elsewhere every range gets its own msync. Backends that sync whole files (pread,
+    /// direct) make step 3 one fdatasync per segment; the direct backend writes through, so
+    /// its writeback steps have nothing to start or wait for.
     fn flush(&self, groups: &[SegmentRanges], punches: u64) -> Result<(u64, bool)> {
         let io = |r: std::io::Result<()>| r.map_err(|e| self.failed_io("msync", e));
         // Decided once: a group another fsync settles meanwhile must still be waited for here.
