@@ -1,6 +1,7 @@
-//! The `mmap` backend: each segment file mapped `MAP_SHARED`, the only home of the mapping
-//! `unsafe`. Reads and small writes copy through the mapping; writes of two pages or more go
-//! into the same page cache with `pwrite`; fsync is `msync` of exactly the ranges written.
+//! The `mmap` backend: each segment file mapped `MAP_SHARED`, the daemon's only `unsafe` on
+//! segment mappings. Reads and small writes copy through the mapping; writes of two pages or
+//! more go into the same page cache with `pwrite`; fsync is `msync` of exactly the ranges
+//! written.
 //!
 //! A segment is created at its full size (space reserved with `fallocate`) before it is
 //! mapped, and never shrunk while mapped, so no access inside it can raise `SIGBUS` while
