@@ -5,7 +5,10 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Mounted, is_mounted, wait_timeout};
@@ -95,33 +98,119 @@ fn sigterm_with_an_open_file_detaches_then_exits_when_it_closes() {
     assert!(status.success(), "{status}");
 }
 
-/// `umount` followed at once by `mount` of the same store works, as test harnesses (xfstests)
-/// do it: the new daemon waits for the old one to finish its final checkpoint instead of being
-/// refused. 50 cycles back to back, each with data that the previous daemon was still syncing.
+/// `umount` then `mount` at once, 500 times in a row, while a second mount's writer keeps
+/// the CPUs busy: the new daemon reads nothing of the store before it holds the lock (the old
+/// one may still be writing its final checkpoint, renaming and removing files), waits for the
+/// old daemon when it must, and everything written is there at the end.
 #[test]
-fn umount_then_mount_at_once_50_times() {
-    let mut m = Mounted::new(&["--segment-size", "16M"]);
-    let mut old = Vec::new();
+fn umount_then_mount_at_once_500_times_under_load() {
+    const CYCLES: u32 = 500;
+    let mut m = Mounted::new(&["--segment-size", "16M", "--journal-limit", "256K"]);
+    let busy = Mounted::new(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (busy.path("spin"), stop.clone());
+        std::thread::spawn(move || {
+            let f = fs::File::create(&path).unwrap();
+            let block = vec![0x5a_u8; 1 << 20];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all_at(&block, (n % 64) << 20).unwrap();
+                n += 1;
+                if n.is_multiple_of(16) {
+                    f.sync_all().unwrap();
+                }
+            }
+            n
+        })
+    };
     let mut waited = 0;
-    for cycle in 0..50u32 {
-        fs::write(m.path(&format!("f{cycle}")), vec![cycle as u8; 4 << 20]).unwrap();
-        let child = child_of(&mut m);
+    for cycle in 0..CYCLES {
+        fs::write(m.path(&format!("f{cycle}")), vec![cycle as u8; 64 << 10]).unwrap();
+        let mut old = child_of(&mut m);
         let st = Command::new("umount").arg(&m.mnt).status().unwrap();
         assert!(st.success(), "cycle {cycle}: umount");
         m.start().unwrap_or_else(|e| panic!("cycle {cycle}: mount right after umount failed: {e}"));
-        old.push(child);
+        let status = wait_timeout(&mut old.0, Duration::from_secs(20)).expect("an old daemon did not exit");
+        assert!(status.success(), "cycle {cycle}: the old daemon: {status}");
         if m.log().matches("finishing its unmount").count() > waited {
             waited += 1;
         }
     }
-    for mut c in old {
-        let status = wait_timeout(&mut c, Duration::from_secs(20)).expect("an old daemon did not exit");
-        assert!(status.success(), "{status}");
+    stop.store(true, Ordering::Relaxed);
+    let blocks = writer.join().unwrap();
+    for cycle in 0..CYCLES {
+        assert_eq!(fs::read(m.path(&format!("f{cycle}"))).unwrap(), vec![cycle as u8; 64 << 10], "f{cycle}");
     }
-    for cycle in 0..50u32 {
-        assert_eq!(fs::read(m.path(&format!("f{cycle}"))).unwrap(), vec![cycle as u8; 4 << 20], "f{cycle}");
+    eprintln!("{CYCLES} cycles beside {blocks} MiB written on another mount; the new daemon waited in {waited}");
+}
+
+/// Two first mounts of one new store at once, ten times: one formats and serves it, the other
+/// is refused with the winner's pid (never "no superblock" or a missing file), and the store
+/// the winner made is whole.
+#[test]
+fn two_first_mounts_of_a_new_store_race_cleanly() {
+    for round in 0..10 {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let spawn = |mnt: &str| {
+            let log = fs::File::create(tmp.path().join(format!("{mnt}.log"))).unwrap();
+            Daemon(
+                Command::new(common::BIN)
+                    .arg("mount")
+                    .arg("--store")
+                    .arg(&store)
+                    .arg(tmp.path().join(mnt))
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        let mut a = spawn("a");
+        let mut b = spawn("b");
+        let (ma, mb) = (tmp.path().join("a"), tmp.path().join("b"));
+        let _unmount = Unmount(vec![ma.clone(), mb.clone()]);
+        // Exactly one exits, refused; the other serves.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let (winner, loser, mnt, loser_log) = loop {
+            if let Ok(Some(st)) = b.0.try_wait() {
+                assert!(!st.success(), "round {round}: b exited 0");
+                break (a, b, ma, "b.log");
+            }
+            if let Ok(Some(st)) = a.0.try_wait() {
+                assert!(!st.success(), "round {round}: a exited 0");
+                break (b, a, mb, "a.log");
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: neither mount was refused");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(loser);
+        let said = fs::read_to_string(tmp.path().join(loser_log)).unwrap();
+        assert!(said.contains(&format!("already mounted by pid {}", winner.id())), "round {round}: {said}");
+        let mut winner = winner;
+        let mnt = mmapfs::testing::wait_mounted(&mnt, &mut winner.0, Duration::from_secs(20)).unwrap();
+        fs::write(mnt.join("f"), b"served").unwrap();
+        assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+        assert!(wait_timeout(&mut winner.0, Duration::from_secs(20)).unwrap().success());
+        let (code, report) = common::fsck(&store);
+        assert_eq!(code, 0, "round {round}: {report}");
     }
-    eprintln!("50 cycles; the new daemon waited for the old one in {waited} of them");
+}
+
+/// Lazily unmounts what is still mounted at the end of a test, failing or not.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if let Ok(c) = p.canonicalize()
+                && is_mounted(&c)
+            {
+                common::lazy_umount(&c);
+            }
+        }
+    }
 }
 
 /// Under systemd (`Type=notify`), the daemon says READY=1 once the mount is live and

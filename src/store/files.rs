@@ -100,6 +100,12 @@ pub(crate) fn create_dir(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))
 }
 
+/// Checks the store directory itself (not a link, the daemon's, not writable by others): what
+/// must hold before the lock file is opened or made in it.
+pub(crate) fn check_root(dir: &Path) -> io::Result<()> {
+    check_meta(dir, &std::fs::symlink_metadata(dir)?, true)
+}
+
 /// Checks every entry mmapfs uses in the store `dir` before anything is opened or changed:
 /// the directory itself, `segments/` and `meta/`, and the files in them (and the superblock
 /// and lock). Returns the paths whose modes are looser than mmapfs makes them (readable by

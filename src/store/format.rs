@@ -46,13 +46,17 @@ impl Default for FormatOptions {
     }
 }
 
-/// Creates a new, empty store in `dir` (which must not exist or be empty).
+/// Creates a new, empty store in `dir`, which must not exist or be empty (but for the lock file
+/// of the mount that formats it).
 pub fn format(dir: &Path, opts: FormatOptions) -> Result<(), OpenError> {
     opts.validate().map_err(OpenError::Geometry)?;
     let sb = opts.superblock(superblock::random_uuid()?);
     files::create_dir(dir)?;
-    if std::fs::read_dir(dir)?.next().is_some() {
-        return Err(OpenError::NotAStore(dir.into(), "the directory is not empty; refusing to format it".into()));
+    // A lock file alone is that of the mount formatting it (`Store::open` holds the lock).
+    for ent in std::fs::read_dir(dir)? {
+        if ent?.file_name() != "lock" {
+            return Err(OpenError::NotAStore(dir.into(), "the directory is not empty; refusing to format it".into()));
+        }
     }
     files::create_dir(&dir.join("segments"))?;
     files::create_dir(&dir.join("meta"))?;

@@ -41,10 +41,36 @@ pub(crate) struct Loaded {
 
 /// [`files::check_store`], as a refusal to open.
 fn check_store(dir: &Path) -> Result<Vec<PathBuf>, OpenError> {
-    files::check_store(dir).map_err(|e| match e.kind() {
+    files::check_store(dir).map_err(unsafe_or_io)
+}
+
+/// [`files::check_root`], as a refusal to open.
+fn check_root(dir: &Path) -> Result<(), OpenError> {
+    files::check_root(dir).map_err(unsafe_or_io)
+}
+
+fn unsafe_or_io(e: std::io::Error) -> OpenError {
+    match e.kind() {
         std::io::ErrorKind::PermissionDenied => OpenError::Unsafe(e.to_string()),
         _ => OpenError::Io(e),
-    })
+    }
+}
+
+/// True if `dir` holds no store yet: it is missing, empty, or holds only the lock file of a
+/// mount that is formatting it (see [`format`]).
+fn unformatted(dir: &Path) -> Result<bool, OpenError> {
+    match std::fs::read_dir(dir) {
+        Ok(it) => {
+            for ent in it {
+                if ent?.file_name() != "lock" {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn corrupt_at(path: &Path, m: impl std::fmt::Display) -> OpenError {
@@ -136,18 +162,25 @@ impl Store {
     /// data and records in the page cache only — every segment and the journal made durable
     /// before the first request, so that a later fsync's promise covers them too.
     pub fn open(dir: &Path, opts: OpenOptions) -> Result<Store, OpenError> {
-        let fresh = match std::fs::read_dir(dir) {
-            Ok(mut it) => it.next().is_none(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-            Err(e) => return Err(e.into()),
-        };
-        if fresh {
+        // Nothing of the store is walked or read before its lock is held but what decides
+        // whether there is a store to lock: a daemon finishing its unmount still renames and
+        // removes files, and two first mounts of a new store race to format it.
+        if unformatted(dir)? {
+            files::create_dir(dir)?;
+        } else if std::fs::symlink_metadata(dir.join("lock")).is_err() {
+            // No lock file: no mount is formatting it, so a directory without a superblock is
+            // no store, refused before a lock file is made in it.
+            read_superblock(dir)?;
+        }
+        // Before the lock file is opened (or made): the directory must be safe to create it in
+        // (the lock file itself is opened without following a link).
+        check_root(dir)?;
+        let (lock_file, last_state) = take_lock(dir)?;
+        if unformatted(dir)? {
             format(dir, opts.format)?;
         }
         read_superblock(dir)?;
-        // Before the lock file is opened (or made): a symlink there must not be followed.
         let loose = check_store(dir)?;
-        let (lock_file, last_state) = take_lock(dir)?;
         let started = Instant::now();
         let Loaded { mut sb, table, next_ino, replayed, checkpointed, segments: count, alloc, debris, loose } =
             load_checked(dir, loose)?;
