@@ -12,8 +12,11 @@ use crate::store::OpenOptions;
 pub struct MountConfig {
     /// The store directory. Default `~/.local/share/mmapfs/default`.
     pub store: PathBuf,
-    /// Where to mount; created if missing.
+    /// Where to mount; created if missing and `create_mountpoint`.
     pub mountpoint: PathBuf,
+    /// Create a missing mountpoint (and its parents). Default yes; mount(8)'s helper form
+    /// says "does not exist" instead, as mount(8) does.
+    pub create_mountpoint: bool,
     /// Request loops (fuser `n_threads`). Default: the number of cores.
     pub threads: usize,
     /// Options handed to the kernel. Default: `default_permissions`, `fsname`, `subtype`.
@@ -84,6 +87,7 @@ impl MountConfig {
         MountConfig {
             store,
             mountpoint,
+            create_mountpoint: true,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             kernel: vec![
                 MountOption::FSName("mmapfs".into()),
@@ -115,6 +119,16 @@ impl MountConfig {
                 }
                 "direct_io" => {
                     self.fs.direct_io = true;
+                    continue;
+                }
+                // Access-time flags mount(8) and fstab pass on. The kernel mounts FUSE with
+                // relatime unless told otherwise, and fuser can set only atime/noatime.
+                "relatime" | "nostrictatime" | "lazytime" | "nolazytime" | "diratime" | "nodiratime" => {
+                    log::debug!("-o {o}: kept (the mount is relatime; lazytime and diratime change nothing for FUSE)");
+                    continue;
+                }
+                "norelatime" | "strictatime" => {
+                    log::warn!("-o {o}: not available through FUSE here; the mount keeps relatime");
                     continue;
                 }
                 flag if FLAGS.iter().any(|(n, _)| *n == flag) => {
@@ -194,6 +208,12 @@ mod tests {
         assert!(c.apply_options("attr_timeout=-1").is_err());
         c.apply_options("direct_io").unwrap();
         assert!(c.validate().is_err(), "writeback_cache with direct_io");
+        // mount(8)'s access-time flags are accepted (fstab lines carry them) and change
+        // nothing fuser can set: the mount is relatime.
+        let kernel = c.kernel.clone();
+        c.apply_options("relatime,strictatime,norelatime,nostrictatime,lazytime,nolazytime,diratime,nodiratime")
+            .unwrap();
+        assert_eq!(c.kernel, kernel);
     }
 
     #[test]

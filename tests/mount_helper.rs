@@ -110,7 +110,7 @@ fn an_fstab_line_mounts() {
     let Setup { tmp, store, mnt, .. } = &setup();
     let fstab = tmp.path().join("fstab");
     let line = format!(
-        "{} {} fuse.mmapfs defaults,allow_other,noauto,x-systemd.automount,log={} 0 0\n",
+        "{} {} fuse.mmapfs defaults,allow_other,noauto,x-systemd.automount,relatime,lazytime,log={} 0 0\n",
         store.display(),
         mnt.display(),
         tmp.path().join("log").display()
@@ -139,6 +139,7 @@ fn a_failed_mount_says_why_and_exits_non_zero() {
 fn the_helper_form_stays_in_the_foreground_with_f() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
+    fs::create_dir(&mnt).unwrap();
     let _guard = Unmount(mnt.clone());
     let mut child = Command::new(common::BIN).arg(&store).arg(&mnt).args(["-o", "rw,auto", "-f"]).spawn().unwrap();
     let mnt = mmapfs::testing::wait_mounted(&mnt, &mut child, Duration::from_secs(20)).unwrap();
@@ -147,4 +148,37 @@ fn the_helper_form_stays_in_the_foreground_with_f() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = common::wait_timeout(&mut child, Duration::from_secs(20)).expect("no exit after SIGTERM");
     assert!(status.success() && !common::is_mounted(&mnt));
+}
+
+/// The helper form refuses, before it goes to the background and with the reason on stderr,
+/// what mount(8) would: a mountpoint that does not exist (it is not created), and a log file
+/// that cannot be opened (the caller would otherwise wait on a daemon holding its stdout).
+#[test]
+fn the_helper_form_refuses_a_missing_mountpoint_and_an_unusable_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
+    let _guard = Unmount(mnt.clone());
+    let run = |mnt: &Path, opts: &str| {
+        let mut child = Command::new(common::BIN)
+            .arg(&store)
+            .arg(mnt)
+            .args(["-o", opts])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = common::wait_timeout(&mut child, Duration::from_secs(20)).expect("the helper form hung");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (status.success(), err)
+    };
+    let (ok, err) = run(&mnt, "rw");
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    assert!(!mnt.exists(), "the helper form created the mountpoint");
+    fs::create_dir(&mnt).unwrap();
+    for log in ["/proc/no-such-dir/log", tmp.path().to_str().unwrap()] {
+        let (ok, err) = run(&mnt, &format!("rw,log={log}"));
+        assert!(!ok && err.contains(&format!("log={log}")), "{log}: {err}");
+        assert!(!common::is_mounted(&mnt.canonicalize().unwrap()), "{log}: mounted anyway");
+    }
 }

@@ -171,6 +171,11 @@ fn corrupt_checkpoint_and_truncated_segment_are_refused_untouched() {
     OpenOptions::new().write(true).open(&seg).unwrap().set_len(4096).unwrap();
     let log = mount_fails(&mut m);
     assert!(log.contains("damaged") && log.contains("000000.seg"), "{log}");
+    // fsck names the damage and shows no figures of a store it could not load.
+    let (code, report) = common::fsck(&m.store);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("DAMAGE") && report.contains("000000.seg"), "{report}");
+    assert!(!report.contains("format 0") && !report.contains("0 inodes"), "{report}");
 }
 
 #[test]

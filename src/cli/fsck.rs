@@ -18,17 +18,22 @@ pub fn fsck(dir: &Path, json: bool) -> ExitCode {
     if json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
     } else {
-        println!("{}: format {}", r.store, r.format_version);
-        println!(
-            "  {} inodes ({} files, {} directories, {} orphans due for freeing), {} journal records after the checkpoint",
-            r.inodes, r.files, r.directories, r.orphans, r.journal_records
-        );
-        println!(
-            "  {} segments: {} MiB in use, {} MiB free",
-            r.segments,
-            r.used_bytes >> 20,
-            r.free_bytes_in_segments >> 20
-        );
+        // A store whose metadata would not load has no figures to show (format 0), only damage.
+        if r.format_version == 0 {
+            println!("{}", r.store);
+        } else {
+            println!("{}: format {}", r.store, r.format_version);
+            println!(
+                "  {} inodes ({} files, {} directories, {} orphans due for freeing), {} journal records after the checkpoint",
+                r.inodes, r.files, r.directories, r.orphans, r.journal_records
+            );
+            println!(
+                "  {} segments: {} MiB in use, {} MiB free",
+                r.segments,
+                r.used_bytes >> 20,
+                r.free_bytes_in_segments >> 20
+            );
+        }
         for n in &r.notes {
             println!("  note: {n}");
         }

@@ -53,7 +53,8 @@ pub fn helper_form(args: &[std::ffi::OsString]) -> Option<HelperForm> {
             keep.push(o.to_string());
         }
     }
-    h.args.extend(["--store".into(), source, mountpoint]);
+    // mount(8) never creates a mountpoint: a missing one is an error there, and here.
+    h.args.extend(["--store".into(), source, mountpoint, "--existing-mountpoint".into()]);
     if !keep.is_empty() {
         h.args.extend(["-o".into(), keep.join(",").into()]);
     }

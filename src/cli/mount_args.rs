@@ -60,6 +60,9 @@ pub struct MountArgs {
     /// What fsync does: full (data + metadata), data (data only), none (UNSAFE: nothing)
     #[arg(long, value_enum, default_value_t = SyncPolicy::default())]
     sync: SyncPolicy,
+    /// Refuse a missing mountpoint instead of creating it (mount(8)'s helper form)
+    #[arg(long, hide = true)]
+    existing_mountpoint: bool,
 }
 
 impl MountArgs {
@@ -79,6 +82,7 @@ impl MountArgs {
             tuning,
             sync: self.sync,
         };
+        cfg.create_mountpoint = !self.existing_mountpoint;
         if let Some(t) = self.threads {
             cfg.threads = t;
         }

@@ -43,6 +43,17 @@ pub fn init_logging(to_syslog: bool) {
 /// session, logs to `log` or syslog, and returns `None` to go on and serve. Called before any
 /// thread exists.
 pub fn background(log: Option<&Path>) -> Option<ExitCode> {
+    // The log is opened before the fork: a path that cannot be opened is refused here, while
+    // the caller still sees stderr, not after it has been told nothing.
+    let out = match log {
+        Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p),
+        None => std::fs::OpenOptions::new().write(true).open("/dev/null"),
+    };
+    let out = match out {
+        Ok(f) if !f.metadata().is_ok_and(|m| m.is_dir()) => f,
+        Ok(_) => return refuse_log(log, "is a directory"),
+        Err(e) => return refuse_log(log, &e.to_string()),
+    };
     let (rd, wr) = match pipe2(OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
@@ -60,7 +71,7 @@ pub fn background(log: Option<&Path>) -> Option<ExitCode> {
             drop(rd);
             // Fails only for a process group leader, which a fresh child is not.
             let _ = setsid();
-            detach_stdio(log);
+            detach_stdio(&out);
             init_logging(log.is_none());
             *STARTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::fs::File::from(wr));
             None
@@ -72,17 +83,19 @@ pub fn background(log: Option<&Path>) -> Option<ExitCode> {
     }
 }
 
-/// Points stdin at /dev/null and stdout and stderr at `log` (or /dev/null).
-fn detach_stdio(log: Option<&Path>) {
-    let out = match log {
-        Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p),
-        None => std::fs::OpenOptions::new().write(true).open("/dev/null"),
-    };
-    if let (Ok(out), Ok(null)) = (out, std::fs::File::open("/dev/null")) {
+/// Points stdin at /dev/null and stdout and stderr at `out` (the log, or /dev/null).
+fn detach_stdio(out: &std::fs::File) {
+    if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = dup2_stdin(&null);
-        let _ = dup2_stdout(&out);
-        let _ = dup2_stderr(&out);
     }
+    let _ = dup2_stdout(out);
+    let _ = dup2_stderr(out);
+}
+
+fn refuse_log(log: Option<&Path>, why: &str) -> Option<ExitCode> {
+    let name = log.map_or_else(|| "/dev/null".into(), |p| p.display().to_string());
+    eprintln!("mmapfs: error: -o log={name}: {why}");
+    Some(ExitCode::FAILURE)
 }
 
 /// The starter's side: what the child said, as an exit status (its error on stderr).

@@ -47,6 +47,9 @@ fn check_paths(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), String> {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             return Err(format!("{} is a dead FUSE mount; run `umount {}` first", mnt.display(), mnt.display()));
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !cfg.create_mountpoint => {
+            return Err(format!("mount point {} does not exist", mnt.display()));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(mnt).map_err(|e| format!("cannot create mountpoint {}: {e}", mnt.display()))?
         }
