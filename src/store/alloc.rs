@@ -217,12 +217,23 @@ impl Allocator {
     /// reserved blocks, for the store to give back to the host; nothing can allocate them until
     /// [`put_back`](Self::put_back).
     pub fn take_reclaimable(&mut self, min_len: u64) -> Vec<Run> {
+        self.take_free(min_len, false)
+    }
+
+    /// Like [`take_reclaimable`](Self::take_reclaimable), but every free run of at least
+    /// `min_len` blocks, also those counted as unbacked: at mount, a free block counts as
+    /// unbacked (safe for allocation) though a crash may have left its host space held.
+    pub fn take_all_free(&mut self, min_len: u64) -> Vec<Run> {
+        self.take_free(min_len, true)
+    }
+
+    fn take_free(&mut self, min_len: u64, unbacked_too: bool) -> Vec<Run> {
         let runs: Vec<Run> = self
             .free
             .iter()
             .filter(|&(_, &l)| l >= min_len)
             .map(|(&start, &len)| Run { start, len })
-            .filter(|r| (r.start..r.start + r.len).any(|b| !self.bit(b)))
+            .filter(|r| unbacked_too || (r.start..r.start + r.len).any(|b| !self.bit(b)))
             .collect();
         for r in &runs {
             self.free.remove(&r.start);
@@ -231,8 +242,8 @@ impl Allocator {
         runs
     }
 
-    /// Returns a run taken by [`take_reclaimable`](Self::take_reclaimable), unbacked if its
-    /// host space was given back.
+    /// Returns a run taken by [`take_reclaimable`](Self::take_reclaimable) or
+    /// [`take_all_free`](Self::take_all_free), unbacked if its host space was given back.
     pub fn put_back(&mut self, run: Run, given_back: bool) {
         if given_back {
             self.set_unbacked(run, true);

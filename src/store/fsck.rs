@@ -29,6 +29,9 @@ pub struct Report {
     pub segments: u64,
     pub used_bytes: u64,
     pub free_bytes_in_segments: u64,
+    /// Bytes in free runs of 1 MiB or more whose host space the segment files still hold
+    /// (a mount gives them back).
+    pub free_bytes_held: u64,
     pub journal_records: u64,
     /// Inodes without links a crash left behind; the next mount frees them.
     pub orphans: u64,
@@ -101,7 +104,34 @@ pub fn check(dir: &Path) -> Result<Report, CannotRun> {
     let bs = l.sb.block_size as u64;
     r.used_bytes = used * bs;
     r.free_bytes_in_segments = l.alloc.free_blocks() * bs;
+    r.free_bytes_held = free_held(dir, &l);
+    if r.free_bytes_held >= 1 << 20 {
+        r.notes.push(format!(
+            "{} MiB of free space is still held on the host (freed just before a crash; the next mount gives it back)",
+            r.free_bytes_held >> 20
+        ));
+    }
     Ok(r)
+}
+
+/// Bytes in free runs of 1 MiB or more (those a mount gives back) whose host space the segment
+/// files still hold (`FIEMAP`; 0 where it cannot tell).
+fn free_held(dir: &Path, l: &Loaded) -> u64 {
+    let (bs, bps) = (l.sb.block_size as u64, l.sb.blocks_per_segment());
+    let mut held = 0;
+    for seg in 0..l.segments {
+        let free: Vec<(u64, u64)> = l
+            .alloc
+            .free_runs()
+            .filter(|r| r.start / bps == seg && r.len * bs >= 1 << 20)
+            .map(|r| ((r.start % bps) * bs, r.len * bs))
+            .collect();
+        let path = dir.join("segments").join(format!("{seg:06}.seg"));
+        if let Ok(extents) = File::open(&path).and_then(|f| super::fiemap::allocated(&f)) {
+            held += super::fiemap::overlap(&extents, &free);
+        }
+    }
+    held
 }
 
 /// What the directory entries say: how many name each inode, and which directory names each

@@ -14,6 +14,7 @@ mod codec;
 mod data;
 mod error;
 pub mod faults;
+mod fiemap;
 mod files;
 mod format;
 pub mod fsck;
@@ -156,6 +157,10 @@ pub struct Store {
     punches: AtomicU64,
     /// `Allocator::frees` at the last reclaim pass (nothing freed since: nothing to do).
     reclaimed_at: AtomicU64,
+    /// Set at open: the first reclaim pass punches every large free run again, because blocks
+    /// freed just before a crash (or a kill) may still hold host space, and the allocator
+    /// cannot tell them from runs punched long ago (punching a hole again costs little).
+    repunch: AtomicBool,
     /// Held for a whole reclaim pass: an allocation that found no space waits for it.
     reclaiming: Mutex<()>,
     pub counters: Counters,
@@ -370,6 +375,8 @@ impl Store {
     pub fn close(&self) -> Result<()> {
         self.mark_closing();
         self.usable()?;
+        // Space freed since the last background pass goes back to the host now, not never.
+        self.reclaim()?;
         for seg in self.segments.iter().filter_map(|s| s.get()) {
             seg.sync_range(0, self.sb.segment_size as usize).map_err(|e| self.failed_io("msync at close", e))?;
         }
@@ -395,10 +402,13 @@ impl Store {
         let runs = {
             let mut a = lock(&self.alloc);
             let frees = a.frees();
-            if self.reclaimed_at.swap(frees, Ordering::AcqRel) == frees || self.failed.load(Ordering::Acquire) {
+            let all = self.repunch.swap(false, Ordering::AcqRel);
+            if self.failed.load(Ordering::Acquire) || (self.reclaimed_at.swap(frees, Ordering::AcqRel) == frees && !all)
+            {
                 return Ok(0);
             }
-            a.take_reclaimable(MIN_RUN_BYTES.div_ceil(self.bs))
+            let min = MIN_RUN_BYTES.div_ceil(self.bs);
+            if all { a.take_all_free(min) } else { a.take_reclaimable(min) }
         };
         if runs.is_empty() {
             return Ok(0);

@@ -233,6 +233,7 @@ impl Store {
             failed: AtomicBool::new(false),
             punches: AtomicU64::new(0),
             reclaimed_at: AtomicU64::new(u64::MAX),
+            repunch: AtomicBool::new(true),
             reclaiming: Mutex::new(()),
             counters: Counters::default(),
             _lock: lock_file,

@@ -233,3 +233,16 @@ pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Entry> {
     }
     m
 }
+
+/// Bytes of host space under `path` (what `du` counts: allocated blocks, holes not).
+pub fn du(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(path).unwrap();
+    let mut n = md.blocks() * 512;
+    if md.is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            n += du(&e.unwrap().path());
+        }
+    }
+    n
+}
