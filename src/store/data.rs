@@ -100,9 +100,10 @@ impl Store {
             if pb % ss + len <= ss {
                 // SAFETY: we hold this inode's read lock until `f` returns; its blocks are
                 // written only under its write lock, and no other process maps segments.
-                let slice = unsafe { self.seg(pb / ss).slice((pb % ss) as usize, len as usize) };
-                if let Some(s) = slice {
-                    return Ok(f(s));
+                match unsafe { self.seg(pb / ss).slice((pb % ss) as usize, len as usize) } {
+                    Ok(Some(s)) => return Ok(f(s)),
+                    Ok(None) => {}
+                    Err(e) => return Err(self.failed_io("segment I/O", e)),
                 }
             }
         }

@@ -15,12 +15,14 @@ use super::files;
 const HOLDER_WAIT: Duration = Duration::from_secs(30);
 
 /// What the lock file says about its (last) holder: `PID`, `PID closing` once its mount is
-/// over, `PID clean` once it has closed the store with everything durable.
+/// over, `PID clean` once it has closed the store with everything durable, `PID failed` once
+/// its store failed (an I/O error: it refuses every change until it is remounted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LockState {
     Serving,
     Closing,
     Clean,
+    Failed,
 }
 
 impl LockState {
@@ -29,6 +31,7 @@ impl LockState {
             LockState::Serving => "",
             LockState::Closing => " closing",
             LockState::Clean => " clean",
+            LockState::Failed => " failed",
         }
     }
 }
@@ -43,6 +46,7 @@ fn holder(f: &mut File) -> (Option<u32>, LockState) {
         // A new lock file: no daemon has served this store since it was formatted.
         (None, _) | (_, Some("clean")) => LockState::Clean,
         (_, Some("closing")) => LockState::Closing,
+        (_, Some("failed")) => LockState::Failed,
         _ => LockState::Serving,
     };
     (pid, state)
@@ -68,7 +72,8 @@ pub(crate) fn take_lock(dir: &Path) -> Result<(File, LockState), OpenError> {
             return Ok((f, last));
         }
         let (pid, state) = holder(&mut f);
-        let closing = state != LockState::Serving;
+        // A failed holder may still serve its mount (reads go on): refused like a serving one.
+        let closing = matches!(state, LockState::Closing | LockState::Clean);
         if (!closing && crate::mounts::serves_store(dir)) || started.elapsed() > HOLDER_WAIT {
             return Err(OpenError::Locked { pid });
         }

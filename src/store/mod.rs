@@ -18,6 +18,7 @@ mod fiemap;
 mod files;
 mod format;
 pub mod fsck;
+mod guard;
 pub mod inspect;
 pub(crate) mod journal;
 mod lock_file;
@@ -229,6 +230,10 @@ impl Store {
     fn failed_io(&self, what: &str, e: std::io::Error) -> Error {
         if !self.failed.swap(true, Ordering::AcqRel) {
             log::error!("{what} failed: {e}; the store refuses every further change until it is remounted");
+            // The lock file says so too, for whoever looks at a store whose daemon is gone.
+            if let Err(e) = lock_file::write_pid(&self._lock, lock_file::LockState::Failed) {
+                log::warn!("cannot mark the store as failed in its lock file: {e}");
+            }
         }
         Error::Io(e)
     }
@@ -365,7 +370,12 @@ impl Store {
     /// Notes in the lock file that the mount is over and the store is closing, so that a
     /// mount of the same store waits for it instead of being refused.
     pub fn mark_closing(&self) {
-        if let Err(e) = lock_file::write_pid(&self._lock, lock_file::LockState::Closing) {
+        let state = if self.failed.load(Ordering::Acquire) {
+            lock_file::LockState::Failed
+        } else {
+            lock_file::LockState::Closing
+        };
+        if let Err(e) = lock_file::write_pid(&self._lock, state) {
             log::warn!("cannot mark the store as closing in its lock file: {e}");
         }
     }

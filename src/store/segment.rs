@@ -117,7 +117,7 @@ impl Segment {
     /// store hands out such slices only while it holds the owning inode's read lock, every
     /// writer of an inode's blocks holds its write lock, and no other process maps the segment
     /// files (the store lock keeps other daemons out).
-    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> Option<&[u8]> {
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> io::Result<Option<&[u8]>> {
         self.check(off, len);
         // SAFETY: in bounds by `check`; freedom from concurrent writes is our caller's contract.
         unsafe { self.io.slice(off, len) }
@@ -128,7 +128,22 @@ impl Segment {
     pub(crate) fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {
         self.check(off, len);
         faults::check(Point::Msync)?;
-        self.io.sync_range(off, len)
+        self.io.sync_range(off, len)?;
+        self.intact()
+    }
+
+    /// Fails if the segment file is no longer of its size: one cut short from outside has
+    /// lost data that was acknowledged (and a pwrite past the cut would even grow it back),
+    /// so no sync may report success on it.
+    pub(crate) fn intact(&self) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        if size != self.len as u64 {
+            return Err(io::Error::other(format!(
+                "the segment file is {size} bytes, not {}: it was changed from outside",
+                self.len
+            )));
+        }
+        Ok(())
     }
 
     /// Starts writeback of `off..off+len` (`sync_file_range(WRITE)`): no waiting, no journal
@@ -259,7 +274,7 @@ mod tests {
             seg.read_at(4095, &mut buf[..5]).unwrap();
             assert_eq!(&buf[..5], b"h\0\0lo");
             // SAFETY: single-threaded test, nobody writes the mapping.
-            assert_eq!(unsafe { seg.slice(4095, 5) }.is_some(), backend == Backend::Mmap);
+            assert_eq!(unsafe { seg.slice(4095, 5) }.unwrap().is_some(), backend == Backend::Mmap);
             assert_eq!(seg.resident().is_some(), backend != Backend::Pread);
             assert!(!seg.settled(0, 1), "nothing is settled in a segment just opened");
             seg.mark_settled(4096, 8192);

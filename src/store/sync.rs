@@ -120,6 +120,10 @@ impl Store {
             .map(|g| self.batch_sync && g.ranges.iter().all(|r| self.seg(g.seg).settled(r.off, r.len)))
             .collect();
         let (mut calls, mut flushed) = (0u64, groups.is_empty());
+        // A settled group gets no sync of its own below: its segment is checked here.
+        for g in groups.iter().zip(&settled).filter(|(_, s)| **s).map(|(g, _)| g) {
+            io(self.seg(g.seg).intact())?;
+        }
         if self.batch_sync {
             for g in groups {
                 for r in &g.ranges {

@@ -7,15 +7,18 @@
 //! mapped, and never shrunk while mapped, so no access inside it can raise `SIGBUS` while
 //! the host behaves.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::{Advice, SegmentFile, SegmentIo, Tuning};
+use crate::store::guard::{self, Fault};
 
 /// The page size: granularity of read-ahead.
 const PAGE: usize = 4096;
@@ -49,6 +52,8 @@ impl super::Engine for Engine {
             len: seg.len,
             prefetch: self.advice == Advice::Random,
             map_writes: self.map_writes,
+            failed_pages: Mutex::new(BTreeSet::new()),
+            any_failed: AtomicBool::new(false),
         }))
     }
 }
@@ -73,6 +78,11 @@ struct Mapped {
     prefetch: bool,
     /// [`Tuning::map_writes`].
     map_writes: bool,
+    /// Offsets of pages that faulted (`guard.rs`): a zero page sits there in the mapping now,
+    /// so every later access of them is `EIO`, never those zeros.
+    failed_pages: Mutex<BTreeSet<usize>>,
+    /// Set once a page has failed: the fast path checks only this.
+    any_failed: AtomicBool,
 }
 
 impl Mapped {
@@ -94,16 +104,37 @@ impl Mapped {
     }
 }
 
+impl Mapped {
+    /// Runs `f`, which touches the mapped bytes `off..off+len` and nothing else mapped, under
+    /// the fault guard; a page that failed now or before makes it `EIO`.
+    fn guarded<R>(&self, off: usize, len: usize, what: &str, f: impl FnOnce() -> R) -> io::Result<R> {
+        if self.any_failed.load(Ordering::Acquire) {
+            let pages = self.failed_pages.lock().unwrap_or_else(|p| p.into_inner());
+            let first = off / PAGE * PAGE;
+            if let Some(&p) = pages.range(first..off + len.max(1)).next() {
+                return Err(io::Error::other(format!("{what}: page at {p:#x} of the segment failed before")));
+            }
+        }
+        // SAFETY: `off` is inside the mapping (checked by the segment).
+        let start = unsafe { self.map.as_ptr().add(off) };
+        guard::access(start, len, f).map_err(|fault: Fault| {
+            let page = fault.page_offset(self.map.as_ptr());
+            self.failed_pages.lock().unwrap_or_else(|p| p.into_inner()).insert(page);
+            self.any_failed.store(true, Ordering::Release);
+            fault.into_io(what)
+        })
+    }
+}
+
 impl SegmentIo for Mapped {
     fn read_at(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
         self.prefetch(off, buf.len());
-        // SAFETY: the segment checked that `off..off+len` lies inside the segment, which is
-        // mapped whole; the source is the mapping and the destination a caller's buffer, so
-        // they cannot overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), buf.as_mut_ptr(), buf.len());
-        }
-        Ok(())
+        self.guarded(off, buf.len(), "reading a segment", || {
+            // SAFETY: the segment checked that `off..off+len` lies inside the segment, which
+            // is mapped whole; the source is the mapping and the destination a caller's
+            // buffer, so they cannot overlap. A page that cannot be read is the guard's.
+            unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) }
+        })
     }
 
     fn write_at(&self, off: usize, data: &[u8]) -> io::Result<()> {
@@ -116,26 +147,39 @@ impl SegmentIo for Mapped {
             return self.file.write_all_at(data, off as u64);
         }
         self.prefetch(off, data.len());
-        // SAFETY: in bounds (checked by the segment); the destination is mapped writable
-        // (map_raw maps read-write) and cannot overlap a caller's slice that is not itself in
-        // this mapping (the store never writes from one mapping range into another).
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off), data.len());
-        }
-        Ok(())
+        self.guarded(off, data.len(), "writing a segment", || {
+            // SAFETY: in bounds (checked by the segment); the destination is mapped writable
+            // (map_raw maps read-write) and cannot overlap a caller's slice that is not itself
+            // in this mapping (the store never writes from one mapping range into another).
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off), data.len()) }
+        })
     }
 
     fn zero(&self, off: usize, len: usize) -> io::Result<()> {
-        // SAFETY: in bounds (checked by the segment), and the mapping is writable.
-        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(off), 0, len) }
-        Ok(())
+        self.guarded(off, len, "zeroing a segment", || {
+            // SAFETY: in bounds (checked by the segment), and the mapping is writable.
+            unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(off), 0, len) }
+        })
     }
 
-    unsafe fn slice(&self, off: usize, len: usize) -> Option<&[u8]> {
+    unsafe fn slice(&self, off: usize, len: usize) -> io::Result<Option<&[u8]>> {
         self.prefetch(off, len);
+        // The kernel copies the lent bytes into the reply inside writev(2) on /dev/fuse, where
+        // a page it cannot read is EFAULT: the client gets an error but the store would never
+        // learn of it. So every page is touched here first, under the guard: a bad page fails
+        // this read (and the store) instead, and the kernel's copy finds the pages resident.
+        let base = self.map.as_ptr();
+        self.guarded(off, len, "reading a segment", || {
+            let mut at = off;
+            while at < off + len {
+                // SAFETY: in bounds (checked by the segment); a volatile load so it is made.
+                unsafe { std::ptr::read_volatile(base.add(at)) };
+                at = (at / PAGE + 1) * PAGE;
+            }
+        })?;
         // SAFETY: in bounds (checked by the segment); freedom from concurrent writes is the
         // caller's contract.
-        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) })
+        Ok(Some(unsafe { std::slice::from_raw_parts(base.add(off), len) }))
     }
 
     fn sync_range(&self, off: usize, len: usize) -> io::Result<()> {

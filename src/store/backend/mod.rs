@@ -128,13 +128,14 @@ pub(crate) trait SegmentIo: Send + Sync {
     /// Fills `len` bytes at `off` with zeros, as [`write_at`](Self::write_at) would.
     fn zero(&self, off: usize, len: usize) -> io::Result<()>;
     /// Borrows `len` bytes at `off`, so a read can be answered without a copy; `None` when
-    /// the backend has nothing to lend (no mapping).
+    /// the backend has nothing to lend (no mapping). An error when a page of it cannot be
+    /// read: the bytes lent are always readable when this returns.
     ///
     /// # Safety
     /// The caller guarantees nobody writes these bytes while the slice lives (see
     /// `Segment::slice`).
-    unsafe fn slice(&self, _off: usize, _len: usize) -> Option<&[u8]> {
-        None
+    unsafe fn slice(&self, _off: usize, _len: usize) -> io::Result<Option<&[u8]>> {
+        Ok(None)
     }
     /// Makes `off..off+len` durable: exactly those pages where the backend can
     /// (`msync`), else the whole file's data (`fdatasync`).
