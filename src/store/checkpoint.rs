@@ -126,21 +126,24 @@ impl Base {
         // only by this daemon, which serialises checkpoints), and the store's files are
         // private to the daemon's user: the mapped bytes do not change while mapped.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io_at(&path, e))?;
-        let (seq, next_ino, count, start) = {
+        // Every byte is read here (checksum, index): under the fault guard, so a page that
+        // cannot be read is an I/O error of the checkpoint thread, not a SIGBUS.
+        let (seq, next_ino, mut index) = fault_guarded(&map, || {
             let image = verify(&map, uuid, &path)?;
-            (image.seq, image.next_ino, image.count, image.inodes.as_ptr() as usize - map.as_ptr() as usize)
-        };
-        let end = map.len() - 4;
-        let mut index = Vec::with_capacity(count.min(1 << 26) as usize);
-        let mut d = Dec { buf: &map[start..end] };
-        for _ in 0..count {
-            let at = end - d.buf.len();
-            let ino = skip_inode(&mut d).map_err(|_| fail("truncated"))?;
-            index.push((ino, at, end - d.buf.len()));
-        }
-        if !d.is_empty() {
-            return Err(fail("trailing bytes"));
-        }
+            let start = image.inodes.as_ptr() as usize - map.as_ptr() as usize;
+            let end = map.len() - 4;
+            let mut index = Vec::with_capacity(image.count.min(1 << 26) as usize);
+            let mut d = Dec { buf: &map[start..end] };
+            for _ in 0..image.count {
+                let at = end - d.buf.len();
+                let ino = skip_inode(&mut d).map_err(|_| fail("truncated"))?;
+                index.push((ino, at, end - d.buf.len()));
+            }
+            if !d.is_empty() {
+                return Err(fail("trailing bytes"));
+            }
+            Ok((image.seq, image.next_ino, index))
+        })?;
         // Checkpoints written by merging are in inode order already.
         if !index.is_sorted_by_key(|e| e.0) {
             index.sort_unstable_by_key(|e| e.0);
@@ -158,9 +161,19 @@ impl Base {
         Some(&self.map[a..b])
     }
 
-    /// Decodes inode `ino` if the checkpoint holds it.
-    pub fn inode(&self, ino: Ino) -> Option<Result<Inode, Malformed>> {
-        self.inode_bytes(ino).map(|b| decode_inode(&mut Dec { buf: b }))
+    /// Decodes inode `ino` if the checkpoint holds it (under the fault guard).
+    pub fn inode(&self, ino: Ino) -> Option<Result<Inode, LoadError>> {
+        let b = self.inode_bytes(ino)?;
+        Some(self.guarded(|| {
+            decode_inode(&mut Dec { buf: b })
+                .map_err(|_: Malformed| LoadError::Corrupt(format!("checkpoint: inode {ino} does not decode")))
+        }))
+    }
+
+    /// Runs `f`, which reads the mapped checkpoint (and nothing else mapped), under the fault
+    /// guard: a page that cannot be read is an I/O error.
+    pub fn guarded<R>(&self, f: impl FnOnce() -> Result<R, LoadError>) -> Result<R, LoadError> {
+        fault_guarded(&self.map, f)
     }
 
     /// Every inode's number and encoded bytes, by inode number.
@@ -171,6 +184,12 @@ impl Base {
     pub fn len(&self) -> usize {
         self.index.len()
     }
+}
+
+/// Runs `f` over the mapped checkpoint `map` under the fault guard (see [`Base::guarded`]).
+fn fault_guarded<R>(map: &memmap2::Mmap, f: impl FnOnce() -> Result<R, LoadError>) -> Result<R, LoadError> {
+    crate::store::guard::access(map.as_ptr(), map.len(), f)
+        .map_err(|fault| LoadError::Io(fault.into_io("reading the checkpoint")))?
 }
 
 /// Writes a checkpoint image to `checkpoint.tmp` as it is produced (an image of millions of
@@ -432,5 +451,48 @@ mod tests {
         }
         assert!(a.is_empty());
         assert_eq!(skip_inode(&mut Dec { buf: &e.buf[..e.buf.len() - 1] }).map(drop), Ok(()), "first inode whole");
+    }
+
+    /// The installed checkpoint is read through a mapping: a page that cannot be read (here,
+    /// the file cut short under the mapping) is an I/O error of the checkpoint, not a SIGBUS.
+    #[test]
+    fn a_page_of_the_base_that_cannot_be_read_is_an_io_error() {
+        let d = tempfile::tempdir().unwrap();
+        let uuid = [7u8; 16];
+        let op = |ino| Op::Create {
+            ino,
+            parent: 1,
+            name: format!("file-{ino}").into_bytes(),
+            kind: Kind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            time: Ts::default(),
+            target: vec![],
+        };
+        let inodes: Vec<Inode> = (2..3000u64).map(|i| created_inode(&op(i))).collect();
+        let mut e = begin(&uuid, 1, 3000, inodes.len() as u64);
+        for i in &inodes {
+            encode_inode(&mut e, i);
+        }
+        install(d.path(), e).unwrap();
+        let base = Base::open(d.path(), &uuid).unwrap();
+        assert!(base.inode(2).unwrap().is_ok());
+        // Cut the file to one page: the last inodes' bytes lie past its end now.
+        std::fs::OpenOptions::new().write(true).open(d.path().join("checkpoint")).unwrap().set_len(4096).unwrap();
+        match base.inode(2999) {
+            Some(Err(LoadError::Io(e))) => assert!(e.to_string().contains("SIGBUS"), "{e}"),
+            other => panic!("{:?}", other.map(|r| r.map(|_| ()))),
+        }
+        assert!(base.inode(2).unwrap().is_ok(), "the first page still reads");
+        let copied = base.guarded(|| {
+            let mut crc = crc32fast::Hasher::new();
+            for (_, b) in base.iter() {
+                crc.update(b);
+            }
+            Ok(crc.finalize())
+        });
+        assert!(matches!(copied, Err(LoadError::Io(_))));
     }
 }

@@ -39,8 +39,9 @@ struct Partial<'a> {
     base: &'a Base,
     table: Table,
     freed: Mutex<HashSet<Ino>>,
-    /// An inode of the base that would not decode (the base passed its checksum: a bug).
-    bad: Mutex<Option<Ino>>,
+    /// Why an inode of the base could not be had: a page of it that could not be read (I/O),
+    /// or bytes that would not decode (the base passed its checksum: a bug).
+    bad: Mutex<Option<LoadError>>,
 }
 
 impl Inodes for Partial<'_> {
@@ -53,8 +54,8 @@ impl Inodes for Partial<'_> {
         }
         match self.base.inode(ino)? {
             Ok(inode) => Some(self.table.insert(inode)),
-            Err(_) => {
-                *self.bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(ino);
+            Err(e) => {
+                self.bad.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                 None
             }
         }
@@ -80,8 +81,8 @@ pub fn merge(meta_dir: &Path, uuid: &[u8; 16], block_size: u64, upto: u64) -> Re
         Partial { base: &base, table: Table::new(), freed: Mutex::new(HashSet::new()), bad: Mutex::new(None) };
     let mut next_ino = base.next_ino;
     let replayed = recovery::replay(&partial, meta_dir, uuid, base.seq, Some(upto), block_size, &mut next_ino)?;
-    if let Some(ino) = *partial.bad.lock().unwrap_or_else(|p| p.into_inner()) {
-        return Err(LoadError::Corrupt(format!("checkpoint: inode {ino} does not decode")));
+    if let Some(e) = partial.bad.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
     }
     let freed = partial.freed.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut touched: Vec<Node> = partial.table.nodes();
@@ -93,16 +94,20 @@ pub fn merge(meta_dir: &Path, uuid: &[u8; 16], block_size: u64, upto: u64) -> Re
 
     let mut w = Writer::create(meta_dir, uuid, upto, next_ino, count)?;
     let mut new = touched.iter().peekable();
-    for (ino, bytes) in base.iter() {
-        while let Some(n) = new.next_if(|n| n.ino < ino) {
-            w.inode(&n.read().unwrap_or_else(|p| p.into_inner()))?;
+    // The base's bytes are read (checksummed, copied) here: under the fault guard.
+    base.guarded(|| {
+        for (ino, bytes) in base.iter() {
+            while let Some(n) = new.next_if(|n| n.ino < ino) {
+                w.inode(&n.read().unwrap_or_else(|p| p.into_inner()))?;
+            }
+            if let Some(n) = new.next_if(|n| n.ino == ino) {
+                w.inode(&n.read().unwrap_or_else(|p| p.into_inner()))?;
+            } else if !freed.contains(&ino) {
+                w.raw(bytes)?;
+            }
         }
-        if let Some(n) = new.next_if(|n| n.ino == ino) {
-            w.inode(&n.read().unwrap_or_else(|p| p.into_inner()))?;
-        } else if !freed.contains(&ino) {
-            w.raw(bytes)?;
-        }
-    }
+        Ok(())
+    })?;
     for n in new {
         w.inode(&n.read().unwrap_or_else(|p| p.into_inner()))?;
     }
