@@ -1,6 +1,7 @@
-//! Which byte ranges of a file hold host space (`FS_IOC_FIEMAP`): what fsck needs to say how
-//! much free space a store still holds on the host. `SEEK_DATA` cannot tell: on ext4 it calls
-//! fallocated-but-unwritten extents holes, though they use space.
+//! Which byte ranges of a file hold host space, and where on the device (`FS_IOC_FIEMAP`):
+//! what fsck needs to say how much free space a store still holds on the host (`SEEK_DATA`
+//! cannot tell: on ext4 it calls fallocated-but-unwritten extents holes, though they use
+//! space), and what the media-error tests need to fail a segment's data blocks.
 
 use std::fs::File;
 use std::io;
@@ -39,7 +40,12 @@ struct Extent {
 
 /// The ranges `(offset, length)` of `file` that hold host space, in order (written and
 /// unwritten extents alike).
-pub(crate) fn allocated(file: &File) -> io::Result<Vec<(u64, u64)>> {
+pub fn allocated(file: &File) -> io::Result<Vec<(u64, u64)>> {
+    Ok(extents(file)?.into_iter().map(|e| (e.logical, e.length)).collect())
+}
+
+/// Where the file's bytes lie on the device: `(file offset, device offset, length)`.
+pub fn extents(file: &File) -> io::Result<Vec<Placed>> {
     let mut out = Vec::new();
     let mut at = 0u64;
     loop {
@@ -60,13 +66,21 @@ pub(crate) fn allocated(file: &File) -> io::Result<Vec<(u64, u64)>> {
         }
         let got = &req.extents[..(req.mapped_extents as usize).min(BATCH)];
         for e in got {
-            out.push((e.logical, e.length));
+            out.push(Placed { logical: e.logical, physical: e.physical, length: e.length });
         }
         match got.last() {
             Some(e) if e.flags & FIEMAP_EXTENT_LAST == 0 && e.length > 0 => at = e.logical + e.length,
             _ => return Ok(out),
         }
     }
+}
+
+/// One extent of a file: its offset in the file and on the device, and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub logical: u64,
+    pub physical: u64,
+    pub length: u64,
 }
 
 /// Bytes of `ranges` (sorted `(offset, length)`) that lie inside `within` (sorted, disjoint).

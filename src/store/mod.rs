@@ -14,7 +14,7 @@ mod codec;
 mod data;
 mod error;
 pub mod faults;
-mod fiemap;
+pub mod fiemap;
 mod files;
 mod format;
 pub mod fsck;

@@ -1,0 +1,214 @@
+//! A media error under the store is an I/O error, not a dead mount, with every backend. The
+//! store lives on ext4 (`errors=continue`) on a loop device whose backing file is served by
+//! `mmapfs-faultdev`, which fails reads of chosen device ranges: the data blocks of a segment,
+//! found with FIEMAP (never ext4's metadata). The mount is stopped and the page cache dropped
+//! before the fault is armed, so that the daemon's next access really goes to the device.
+//!
+//! Cases: a small overwrite of a page that cannot be read (the read-modify-write fails), a
+//! read of such a page, a client's mapped load of it (SIGBUS in the client, as on ext4). Each:
+//! the client's error, stickiness, the daemon alive, the unmount saying the store failed, and
+//! the remount with everything once the device is healed. Needs root (loop devices, mount).
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::Mounted;
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// ext4 on a loop device over `mmapfs-faultdev`'s disk; all of it taken down on drop.
+struct FaultyDisk {
+    _tmp: tempfile::TempDir,
+    dev: Child,
+    dev_mnt: PathBuf,
+    loopdev: Option<String>,
+    ext4: PathBuf,
+}
+
+impl FaultyDisk {
+    fn new() -> FaultyDisk {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for loop devices (CI runs as root)");
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let backing = tmp.path().join("backing");
+        fs::File::create(&backing).unwrap().set_len(256 << 20).unwrap();
+        let (dev_mnt, ext4) = (tmp.path().join("dev"), tmp.path().join("ext4"));
+        fs::create_dir_all(&dev_mnt).unwrap();
+        fs::create_dir_all(&ext4).unwrap();
+        let log = fs::File::create(tmp.path().join("faultdev.log")).unwrap();
+        let mut dev = Command::new(env!("CARGO_BIN_EXE_mmapfs-faultdev"))
+            .arg(&backing)
+            .arg(&dev_mnt)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let dev_mnt = mmapfs::testing::wait_mounted(&dev_mnt, &mut dev, Duration::from_secs(20)).unwrap();
+        let mut d = FaultyDisk { _tmp: tmp, dev, dev_mnt, loopdev: None, ext4 };
+        let loopdev = sh("losetup", &["--find", "--show", d.dev_mnt.join("disk").to_str().unwrap()]);
+        d.loopdev = Some(loopdev.clone());
+        sh("mkfs.ext4", &["-q", "-F", "-b", "4096", &loopdev]);
+        sh("mount", &["-o", "errors=continue", &loopdev, d.ext4.to_str().unwrap()]);
+        d
+    }
+
+    fn ctl(&self, cmd: &str) {
+        fs::write(self.dev_mnt.join("ctl"), format!("{cmd}\n")).unwrap();
+    }
+
+    /// Fails reads of the device page holding byte `at` of `file` (a file on the ext4).
+    fn fail_read_at(&self, file: &Path, at: u64) {
+        let f = fs::File::open(file).unwrap();
+        let e = mmapfs::store::fiemap::extents(&f)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.logical <= at && at < e.logical + e.length)
+            .unwrap_or_else(|| panic!("{at} is in no extent of {}", file.display()));
+        let phys = (e.physical + (at - e.logical)) / 4096 * 4096;
+        self.ctl(&format!("fail-read {phys} 4096"));
+    }
+}
+
+impl Drop for FaultyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.ext4).status();
+        if let Some(l) = &self.loopdev {
+            let _ = Command::new("losetup").args(["-d", l]).status();
+        }
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.dev.id() as i32, libc::SIGTERM) };
+        if common::wait_timeout(&mut self.dev, Duration::from_secs(20)).is_none() {
+            let _ = self.dev.kill();
+            let _ = self.dev.wait();
+        }
+        common::lazy_umount(&self.dev_mnt);
+    }
+}
+
+fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// The segment file and offset where byte `at` of the mounted file `name` lives.
+fn placed(m: &Mounted, name: &str, at: u64) -> (PathBuf, u64) {
+    let out = Command::new(common::BIN).arg("inspect").arg(m.path(name)).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in v["file"]["extents"].as_array().unwrap() {
+        let (fo, len) = (e["file_offset"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        if fo <= at && at < fo + len {
+            let seg = e["segment"].as_u64().unwrap();
+            return (m.store.join(format!("segments/{seg:06}.seg")), e["segment_offset"].as_u64().unwrap() + at - fo);
+        }
+    }
+    panic!("byte {at} of {name} is in no extent: {v}");
+}
+
+/// A child process maps `path` and loads byte `at` (its cached pages dropped first): how it ended.
+fn mapped_load(path: &Path, at: usize) -> std::process::ExitStatus {
+    let f = fs::File::open(path).unwrap();
+    // SAFETY: fork; the child makes only system calls and one load, then _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: a read-only shared mapping of an open file, inside its size; the child exits
+        // right after the load (or dies of SIGBUS on it).
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            let p = libc::mmap(std::ptr::null_mut(), at + 1, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+            if p == libc::MAP_FAILED {
+                libc::_exit(2);
+            }
+            std::ptr::read_volatile((p as *const u8).add(at));
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    std::os::unix::process::ExitStatusExt::from_raw(status)
+}
+
+fn media_errors(backend: &str) {
+    let disk = FaultyDisk::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--backend", backend, "--segment-size", "4M", "--pool-size", "4M"];
+    let mut m = Mounted::at(disk.ext4.join("store"), tmp.path().join("mnt"), &args).unwrap();
+    let f_data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
+    let g_data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 239) as u8 + 1).collect();
+    fs::write(m.path("f"), &f_data).unwrap();
+    fs::write(m.path("g"), &g_data).unwrap();
+    for n in ["f", "g"] {
+        fs::File::open(m.path(n)).unwrap().sync_all().unwrap();
+    }
+    let (f_seg, f_off) = placed(&m, "f", 256 << 10);
+    let (g_seg, g_off) = placed(&m, "g", 512 << 10);
+    // Nothing of the store in memory any more: the next access reads the device.
+    m.stop();
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    disk.fail_read_at(&f_seg, f_off);
+    disk.fail_read_at(&g_seg, g_off);
+    m.start().unwrap();
+
+    // A small overwrite inside a page that cannot be read: its read-modify-write fails.
+    let g = OpenOptions::new().read(true).write(true).open(m.path("g")).unwrap();
+    assert_eq!(errno(g.write_all_at(b"overwrite", (512 << 10) + 100)), Some(libc::EIO), "{backend}: overwrite");
+    // A read of such a page, and again: EIO, never zeros.
+    let f = fs::File::open(m.path("f")).unwrap();
+    // SAFETY: a plain syscall on an open descriptor.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let mut buf = vec![0u8; 16 << 10];
+    for _ in 0..2 {
+        assert_eq!(errno(f.read_exact_at(&mut buf, 256 << 10)), Some(libc::EIO), "{backend}: read");
+    }
+    // The client's own mapping of the page: SIGBUS in the client, as on ext4.
+    let st = mapped_load(&m.path("f"), (256 << 10) + 100);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGBUS), "{backend}: {st:?}");
+    // Sticky, and the daemon lives: pages that can be read still are.
+    assert_eq!(errno(fs::write(m.path("new"), b"x")), Some(libc::EIO), "{backend}: create after the fault");
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf[..], f_data[..buf.len()], "{backend}: f's first bytes");
+    assert!(m.log().contains("refuses every further change"), "{}", m.log());
+    if backend == "mmap" {
+        // The daemon's own access of the mapping met the fault, and lived.
+        assert!(m.log().contains("SIGBUS at"), "{}", m.log());
+    }
+    drop((f, g));
+    // The unmount says the store failed.
+    let mut child = m.take_child();
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = common::wait_timeout(&mut child, Duration::from_secs(30)).expect("no exit after SIGTERM");
+    assert!(!status.success(), "{backend}: a failed store closed with status 0");
+    assert!(fs::read_to_string(m.store.join("lock")).unwrap().trim_end().ends_with("failed"));
+    // Healed, the remount has everything acknowledged before the fault.
+    disk.ctl("heal");
+    m.start().unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), f_data, "{backend}: f after healing");
+    assert_eq!(fs::read(m.path("g")).unwrap(), g_data, "{backend}: g after healing");
+    assert!(!m.path("new").exists());
+    m.stop();
+}
+
+#[test]
+fn media_errors_with_the_mmap_backend() {
+    media_errors("mmap");
+}
+
+#[test]
+fn media_errors_with_the_pread_backend() {
+    media_errors("pread");
+}
+
+#[test]
+fn media_errors_with_the_direct_backend() {
+    media_errors("direct");
+}
