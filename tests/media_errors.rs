@@ -5,7 +5,8 @@
 //! before the fault is armed, so that the daemon's next access really goes to the device.
 //!
 //! Cases: a small overwrite of a page that cannot be read (the read-modify-write fails), a
-//! read of such a page, a client's mapped load of it (SIGBUS in the client, as on ext4). Each:
+//! read of such a page, a client's mapped load of it (SIGBUS in the client, as on ext4), and
+//! a page the device cannot write back (the fsync reports it). Each:
 //! the client's error, stickiness, the daemon alive, the unmount saying the store failed, and
 //! the remount with everything once the device is healed. Needs root (loop devices, mount).
 
@@ -65,8 +66,8 @@ impl FaultyDisk {
         fs::write(self.dev_mnt.join("ctl"), format!("{cmd}\n")).unwrap();
     }
 
-    /// Fails reads of the device page holding byte `at` of `file` (a file on the ext4).
-    fn fail_read_at(&self, file: &Path, at: u64) {
+    /// Fails reads (or writes) of the device page holding byte `at` of `file` (on the ext4).
+    fn fail_at(&self, what: &str, file: &Path, at: u64) {
         let f = fs::File::open(file).unwrap();
         let e = mmapfs::store::fiemap::extents(&f)
             .unwrap()
@@ -74,7 +75,7 @@ impl FaultyDisk {
             .find(|e| e.logical <= at && at < e.logical + e.length)
             .unwrap_or_else(|| panic!("{at} is in no extent of {}", file.display()));
         let phys = (e.physical + (at - e.logical)) / 4096 * 4096;
-        self.ctl(&format!("fail-read {phys} 4096"));
+        self.ctl(&format!("fail-{what} {phys} 4096"));
     }
 }
 
@@ -154,8 +155,8 @@ fn media_errors(backend: &str) {
     // Nothing of the store in memory any more: the next access reads the device.
     m.stop();
     fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
-    disk.fail_read_at(&f_seg, f_off);
-    disk.fail_read_at(&g_seg, g_off);
+    disk.fail_at("read", &f_seg, f_off);
+    disk.fail_at("read", &g_seg, g_off);
     m.start().unwrap();
 
     // A small overwrite inside a page that cannot be read: its read-modify-write fails.
@@ -195,6 +196,37 @@ fn media_errors(backend: &str) {
     assert_eq!(fs::read(m.path("f")).unwrap(), f_data, "{backend}: f after healing");
     assert_eq!(fs::read(m.path("g")).unwrap(), g_data, "{backend}: g after healing");
     assert!(!m.path("new").exists());
+
+    // A write-back failure: the device refuses the writes of h's page. The overwrite goes
+    // to the page cache (with direct, straight to the device), and its fsync reports the
+    // failure: the store fails, the daemon lives.
+    let h_data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 233) as u8 + 1).collect();
+    fs::write(m.path("h"), &h_data).unwrap();
+    fs::File::open(m.path("h")).unwrap().sync_all().unwrap();
+    let (h_seg, h_off) = placed(&m, "h", 128 << 10);
+    disk.fail_at("write", &h_seg, h_off);
+    let h = OpenOptions::new().write(true).open(m.path("h")).unwrap();
+    let new_page = vec![0xEEu8; 4096];
+    let r = h.write_all_at(&new_page, 128 << 10).and_then(|()| h.sync_all());
+    assert_eq!(errno(r), Some(libc::EIO), "{backend}: overwrite + fsync of a page the device cannot write");
+    assert_eq!(errno(fs::write(m.path("new"), b"x")), Some(libc::EIO), "{backend}: create after the fault");
+    assert!(fs::metadata(m.path("f")).is_ok(), "{backend}: the mount died");
+    drop(h);
+    let mut child = m.take_child();
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = common::wait_timeout(&mut child, Duration::from_secs(30)).expect("no exit after SIGTERM");
+    assert!(!status.success(), "{backend}: a failed store closed with status 0");
+    disk.ctl("heal");
+    m.start().unwrap();
+    // The page never made durable is old or new, byte by byte; everything else is as it was.
+    let back = fs::read(m.path("h")).unwrap();
+    assert_eq!(back.len(), h_data.len());
+    for (i, (&b, &old)) in back.iter().zip(&h_data).enumerate() {
+        let new = if (128 << 10..(128 << 10) + 4096).contains(&i) { 0xEE } else { old };
+        assert!(b == old || b == new, "{backend}: byte {i} of h is {b:#x}");
+    }
+    assert_eq!(fs::read(m.path("f")).unwrap(), f_data, "{backend}: f after the write fault");
     m.stop();
 }
 

@@ -60,7 +60,13 @@ pub(crate) fn check_meta(path: &Path, md: &std::fs::Metadata, dir: bool) -> io::
 /// Opens a store file without following a symlink, then checks what was opened (so a swap
 /// between a check and the open cannot fool it). `create` makes a new file with mode 0600.
 pub(crate) fn open(path: &Path, opts: &mut OpenOptions) -> io::Result<File> {
-    let f = opts.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path).map_err(|e| {
+    open_with(path, opts, 0)
+}
+
+/// [`open`] with more `open(2)` flags (e.g. `O_DIRECT`). `OpenOptions::custom_flags` replaces
+/// the flags set before it, so they are all given here, in one call.
+pub(crate) fn open_with(path: &Path, opts: &mut OpenOptions, flags: libc::c_int) -> io::Result<File> {
+    let f = opts.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | flags).open(path).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
             unsafe_path(path, "is a symbolic link, and mmapfs follows no links inside a store", "remove it")
         } else {

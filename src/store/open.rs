@@ -210,7 +210,16 @@ impl Store {
         if last_state != LockState::Clean {
             log::info!("the store was not closed cleanly: making what the page cache holds of it durable");
             for d in [&seg_dir, &meta_dir] {
-                syncfs(d)?;
+                match syncfs(d) {
+                    // The last daemon's store failed on an I/O error, which its requests were
+                    // answered with; the host filesystem reports that error once more, to the
+                    // first syncfs after it. A second syncfs says whether anything fails now.
+                    Err(e) if last_state == LockState::Failed => {
+                        log::warn!("syncfs reports the last daemon's I/O failure again ({e}); syncing once more");
+                        syncfs(d)?;
+                    }
+                    r => r?,
+                }
             }
         }
         let store = Store {

@@ -5,7 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 use super::pool::{FRAME, Pool};
@@ -24,7 +24,12 @@ impl Engine {
 
 impl super::Engine for Engine {
     fn open(&self, seg: SegmentFile<'_>) -> io::Result<Box<dyn SegmentIo>> {
-        let direct = files::open(seg.path, OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT))?;
+        let direct = files::open_with(seg.path, OpenOptions::new().read(true).write(true), libc::O_DIRECT)?;
+        // SAFETY: fcntl(F_GETFL) on a descriptor we own; no memory is passed.
+        let flags = unsafe { libc::fcntl(direct.as_raw_fd(), libc::F_GETFL) };
+        if flags & libc::O_DIRECT == 0 {
+            return Err(io::Error::other(format!("{}: opened without O_DIRECT", seg.path.display())));
+        }
         Ok(Box::new(Direct { pool: self.pool.clone(), seg: seg.index, direct, file: seg.file.clone() }))
     }
 
