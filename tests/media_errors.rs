@@ -244,3 +244,61 @@ fn media_errors_with_the_pread_backend() {
 fn media_errors_with_the_direct_backend() {
     media_errors("direct");
 }
+
+/// The test device models a disk's volatile write cache: with `cache on`, writes are held
+/// (reads see them) until a flush (`fsync`), and `powercut` loses what was not flushed.
+#[test]
+fn the_test_device_models_a_volatile_write_cache() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let backing = tmp.path().join("backing");
+    fs::File::create(&backing).unwrap().set_len(1 << 20).unwrap();
+    let mnt = tmp.path().join("dev");
+    fs::create_dir(&mnt).unwrap();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_mmapfs-faultdev"))
+        .arg(&backing)
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mnt = mmapfs::testing::wait_mounted(&mnt, &mut dev, Duration::from_secs(20)).unwrap();
+    let _unmount = scopeguard(&mnt, &mut dev);
+    let ctl = |c: &str| fs::write(mnt.join("ctl"), format!("{c}\n")).unwrap();
+    let disk = OpenOptions::new().read(true).write(true).open(mnt.join("disk")).unwrap();
+    let read = |at: u64| {
+        let mut b = [0u8; 5];
+        disk.read_exact_at(&mut b, at).unwrap();
+        b
+    };
+    ctl("cache on");
+    disk.write_all_at(b"flush", 4096).unwrap();
+    disk.sync_all().unwrap();
+    disk.write_all_at(b"held!", 8190).unwrap(); // across a page boundary
+    assert_eq!(&read(8190), b"held!", "reads see held writes");
+    assert_eq!(fs::read(&backing).unwrap()[8190..8195], [0; 5], "held, not written");
+    ctl("powercut");
+    assert_eq!(read(8190), [0; 5], "lost in the power cut");
+    assert_eq!(&read(4096), b"flush", "flushed before it: kept");
+    // Failing ranges: reads and writes that touch them, until healed.
+    ctl("fail-read 0 4096");
+    ctl("fail-write 65536 10");
+    assert_eq!(errno(disk.read_exact_at(&mut [0u8; 1], 4095)), Some(libc::EIO));
+    assert_eq!(errno(disk.write_all_at(b"x", 65540)), Some(libc::EIO));
+    assert!(disk.read_exact_at(&mut [0u8; 1], 4096).is_ok());
+    ctl("heal");
+    assert!(disk.read_exact_at(&mut [0u8; 1], 4095).is_ok());
+    ctl("cache off");
+    assert_eq!(fs::read(&backing).unwrap()[4096..4101], *b"flush");
+}
+
+/// Ends the device's process and its mount when the test ends, passed or failed.
+fn scopeguard<'a>(mnt: &'a Path, dev: &'a mut Child) -> impl Drop + 'a {
+    struct G<'a>(&'a Path, &'a mut Child);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            common::lazy_umount(self.0);
+            let _ = self.1.kill();
+            let _ = self.1.wait();
+        }
+    }
+    G(mnt, dev)
+}
