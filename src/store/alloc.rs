@@ -41,6 +41,8 @@ pub struct Allocator {
     /// the store reserves them again before it hands them out.
     unbacked: Vec<u64>,
     unbacked_count: u64,
+    /// Of `unbacked_count`, the blocks in runs a reclaim pass has out of the free map.
+    taken_unbacked: u64,
     /// Counts frees, so a reclaim pass can tell whether anything changed since the last.
     frees: u64,
 }
@@ -56,6 +58,7 @@ impl Allocator {
             cursor: 0,
             unbacked: Vec::new(),
             unbacked_count: 0,
+            taken_unbacked: 0,
             frees: 0,
         };
         for _ in 0..segments {
@@ -164,12 +167,18 @@ impl Allocator {
 
     /// Free blocks whose host space is reserved.
     pub fn backed_free_blocks(&self) -> u64 {
-        self.free_blocks - self.unbacked_count
+        self.free_blocks - self.unbacked_blocks()
     }
 
-    /// Free blocks whose host space is not reserved (the store must reserve them before use).
+    /// Free blocks whose host space is not reserved (the store must reserve them before use);
+    /// runs a reclaim pass has taken out are not free meanwhile.
     pub fn unbacked_blocks(&self) -> u64 {
-        self.unbacked_count
+        self.unbacked_count - self.taken_unbacked
+    }
+
+    /// Unbacked blocks in `run`.
+    fn unbacked_count_in(&self, run: Run) -> u64 {
+        (run.start..run.start + run.len).filter(|&b| self.bit(b)).count() as u64
     }
 
     /// How many runs were freed so far (a reclaim pass with the same figure has nothing new).
@@ -238,6 +247,7 @@ impl Allocator {
         for r in &runs {
             self.free.remove(&r.start);
             self.free_blocks -= r.len;
+            self.taken_unbacked += self.unbacked_count_in(*r);
         }
         runs
     }
@@ -245,6 +255,7 @@ impl Allocator {
     /// Returns a run taken by [`take_reclaimable`](Self::take_reclaimable) or
     /// [`take_all_free`](Self::take_all_free), unbacked if its host space was given back.
     pub fn put_back(&mut self, run: Run, given_back: bool) {
+        self.taken_unbacked -= self.unbacked_count_in(run);
         if given_back {
             self.set_unbacked(run, true);
         }
@@ -383,8 +394,15 @@ mod tests {
         a.mark_backed(got);
         assert_eq!(a.unbacked_blocks(), 95);
         // After a remount every free block may have been punched.
-        let b = Allocator::from_used(10, 1, vec![run(2, 3)]).unwrap();
+        let mut b = Allocator::from_used(10, 1, vec![run(2, 3)]).unwrap();
         assert_eq!((b.free_blocks(), b.unbacked_blocks()), (7, 7));
+        // The first pass after a mount takes every large free run, unbacked or not; while it
+        // has them, they are neither free nor counted unbacked (no figure goes negative).
+        let all = b.take_all_free(5);
+        assert_eq!(all, vec![run(5, 5)]);
+        assert_eq!((b.free_blocks(), b.unbacked_blocks(), b.backed_free_blocks()), (2, 2, 0));
+        b.put_back(all[0], true);
+        assert_eq!((b.free_blocks(), b.unbacked_blocks(), b.backed_free_blocks()), (7, 7, 0));
     }
 
     #[test]
