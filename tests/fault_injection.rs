@@ -11,21 +11,17 @@ use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
-use common::Mounted;
-
-fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
-    r.err().and_then(|e| e.raw_os_error())
-}
+use common::{Mounted, errno_of};
 
 /// After the failure: every kind of change and fsync fails with EIO.
 fn assert_sticky(m: &Mounted, existing: &str) {
     let f = OpenOptions::new().write(true).open(m.path(existing)).unwrap();
-    assert_eq!(errno(f.write_at(b"overwrite", 0)), Some(libc::EIO), "a plain overwrite after the failure");
-    assert_eq!(errno(f.sync_all()), Some(libc::EIO), "fsync after the failure");
-    assert_eq!(errno(f.set_len(1)), Some(libc::EIO), "truncate after the failure");
-    assert_eq!(errno(fs::write(m.path("new-after-failure"), b"x")), Some(libc::EIO), "create after the failure");
-    assert_eq!(errno(fs::create_dir(m.path("dir-after-failure"))), Some(libc::EIO), "mkdir after the failure");
-    assert_eq!(errno(f.sync_all()), Some(libc::EIO), "still failing");
+    assert_eq!(errno_of(f.write_at(b"overwrite", 0)), Some(libc::EIO), "a plain overwrite after the failure");
+    assert_eq!(errno_of(f.sync_all()), Some(libc::EIO), "fsync after the failure");
+    assert_eq!(errno_of(f.set_len(1)), Some(libc::EIO), "truncate after the failure");
+    assert_eq!(errno_of(fs::write(m.path("new-after-failure"), b"x")), Some(libc::EIO), "create after the failure");
+    assert_eq!(errno_of(fs::create_dir(m.path("dir-after-failure"))), Some(libc::EIO), "mkdir after the failure");
+    assert_eq!(errno_of(f.sync_all()), Some(libc::EIO), "still failing");
     assert!(m.log().contains("refuses every further change"), "{}", m.log());
 }
 
@@ -52,7 +48,7 @@ fn a_failed_msync_is_reported_and_sticky() {
     fs::File::open(m.path("synced")).unwrap().sync_all().unwrap();
     fs::write(m.path("written"), vec![7u8; 100_000]).unwrap();
     let f = OpenOptions::new().write(true).open(m.path("written")).unwrap();
-    assert_eq!(errno(f.sync_all()), Some(libc::EIO), "the fsync whose msync failed");
+    assert_eq!(errno_of(f.sync_all()), Some(libc::EIO), "the fsync whose msync failed");
     assert!(m.log().contains("injected fault: msync call 2"));
     assert_sticky(&m, "written");
     remount_keeps(&mut m, &[("synced", b"made durable"), ("written", &[7u8; 100_000])]);
@@ -84,7 +80,7 @@ fn a_failed_journal_write_is_reported_and_sticky() {
 fn a_failed_journal_sync_is_reported_and_sticky() {
     let mut m = Mounted::with_env(&[], &[("MMAPFS_FAULTS", "journal-sync=1")]);
     fs::write(m.path("a"), b"acknowledged").unwrap();
-    assert_eq!(errno(fs::File::open(&m.mnt).unwrap().sync_all()), Some(libc::EIO), "fsync of the directory");
+    assert_eq!(errno_of(fs::File::open(&m.mnt).unwrap().sync_all()), Some(libc::EIO), "fsync of the directory");
     assert_sticky(&m, "a");
     remount_keeps(&mut m, &[("a", b"acknowledged")]);
 }
@@ -95,7 +91,7 @@ fn a_failed_segment_creation_is_reported_sticky_and_leaves_nothing() {
     fs::write(m.path("a"), vec![1u8; 1 << 20]).unwrap(); // fills segment 0
     fs::write(m.path("b"), b"").unwrap();
     let f = OpenOptions::new().write(true).open(m.path("b")).unwrap();
-    assert_eq!(errno(f.write_at(b"needs segment 1", 0)), Some(libc::EIO));
+    assert_eq!(errno_of(f.write_at(b"needs segment 1", 0)), Some(libc::EIO));
     let segs: Vec<String> = fs::read_dir(m.store.join("segments"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -140,7 +136,7 @@ fn a_panicking_request_marks_the_store_failed() {
     let mut m = Mounted::with_env(&[], &[("MMAPFS_FAULTS", "write-panic=2")]);
     fs::write(m.path("a"), b"before").unwrap();
     let f = OpenOptions::new().write(true).open(m.path("a")).unwrap();
-    assert_eq!(errno(f.write_at(b"boom", 0)), Some(libc::EIO), "the request that panicked");
+    assert_eq!(errno_of(f.write_at(b"boom", 0)), Some(libc::EIO), "the request that panicked");
     assert!(m.log().contains("injected panic"), "{}", m.log());
     assert_eq!(fs::read(m.path("a")).unwrap(), b"before", "reads still work");
     assert_sticky(&m, "a");

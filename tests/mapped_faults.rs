@@ -15,48 +15,8 @@ use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::process::Command;
-use std::time::Duration;
 
-use common::Mounted;
-
-fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
-    r.err().and_then(|e| e.raw_os_error())
-}
-
-/// Where the file `name` starts in its segment, from `mmapfs inspect`.
-fn segment_offset(m: &Mounted, name: &str) -> (u64, u64) {
-    let out = Command::new(common::BIN).arg("inspect").arg(m.path(name)).arg("--json").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let e = &v["file"]["extents"][0];
-    (e["segment"].as_u64().unwrap(), e["segment_offset"].as_u64().unwrap())
-}
-
-/// A child process maps `path`, drops its cached pages and loads a byte: how it ended.
-fn mapped_load(path: &std::path::Path, at: usize) -> std::process::ExitStatus {
-    let f = fs::File::open(path).unwrap();
-    // SAFETY: fork; the child makes only system calls and one load, then _exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: a read-only shared mapping of an open file, inside its size; the child exits
-        // right after the load (or dies of SIGBUS on it).
-        unsafe {
-            let len = at + 1;
-            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-            let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
-            if p == libc::MAP_FAILED {
-                libc::_exit(2);
-            }
-            let v = std::ptr::read_volatile((p as *const u8).add(at));
-            libc::_exit(if v == 0 { 3 } else { 0 });
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    std::os::unix::process::ExitStatusExt::from_raw(status)
-}
+use common::{Mounted, errno_of};
 
 fn a_segment_cut_short(backend: &str) {
     let mut m = Mounted::new(&["--backend", backend, "--segment-size", "4M", "--pool-size", "4M"]);
@@ -67,7 +27,7 @@ fn a_segment_cut_short(backend: &str) {
     for n in ["a", "b"] {
         fs::File::open(m.path(n)).unwrap().sync_all().unwrap();
     }
-    let (seg, off) = segment_offset(&m, "b");
+    let (seg, off) = common::placed(&m, "b", 0);
     let seg_path = m.store.join(format!("segments/{seg:06}.seg"));
     let saved = fs::read(&seg_path).unwrap();
     // Cut the segment in the middle of b: its second half lies past the end of the file.
@@ -89,16 +49,16 @@ fn a_segment_cut_short(backend: &str) {
     // never lets a sync report success.
     let w = OpenOptions::new().write(true).open(m.path("a")).unwrap();
     let synced = w.write_all_at(&[9u8; 2 << 20][..8192], 0).and_then(|()| w.sync_all());
-    assert_eq!(errno(synced), Some(libc::EIO), "{backend}: overwrite + fsync after the cut");
+    assert_eq!(errno_of(synced), Some(libc::EIO), "{backend}: overwrite + fsync after the cut");
     // Sticky: every kind of change, including a large write (pwrite into the page cache).
-    assert_eq!(errno(w.write_all_at(&vec![1u8; 1 << 20], 0)), Some(libc::EIO), "{backend}: large write");
-    assert_eq!(errno(fs::write(m.path("new"), b"x")), Some(libc::EIO), "{backend}: create");
-    assert_eq!(errno(w.sync_all()), Some(libc::EIO), "{backend}: fsync");
+    assert_eq!(errno_of(w.write_all_at(&vec![1u8; 1 << 20], 0)), Some(libc::EIO), "{backend}: large write");
+    assert_eq!(errno_of(fs::write(m.path("new"), b"x")), Some(libc::EIO), "{backend}: create");
+    assert_eq!(errno_of(w.sync_all()), Some(libc::EIO), "{backend}: fsync");
     // A range that failed keeps failing: never zeros.
     if backend != "direct" {
-        assert_eq!(errno(f.read_exact_at(&mut buf, past)), Some(libc::EIO), "{backend}: read again");
+        assert_eq!(errno_of(f.read_exact_at(&mut buf, past)), Some(libc::EIO), "{backend}: read again");
         // The client's own mapping of the file: SIGBUS in the client, as on ext4.
-        let st = mapped_load(&m.path("b"), past as usize + 100);
+        let st = common::mapped_load(&m.path("b"), past as usize + 100);
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGBUS), "{backend}: {st:?}");
     }
     // The daemon lives: the mount answers, and data before the cut still reads.
@@ -114,13 +74,7 @@ fn a_segment_cut_short(backend: &str) {
     drop((f, w));
 
     // The unmount says the store failed: exit status, log, lock file.
-    let mut child = m.take_child();
-    // SAFETY: kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = common::wait_timeout(&mut child, Duration::from_secs(30)).expect("no exit after SIGTERM");
-    assert!(!status.success(), "{backend}: a failed store closed with status 0");
-    let lock = fs::read_to_string(m.store.join("lock")).unwrap();
-    assert!(lock.trim_end().ends_with("failed"), "{backend}: lock file {lock:?}");
+    m.stop_failed();
 
     // Healed (the file put back as it was), the remount has everything acknowledged.
     fs::write(&seg_path, &saved).unwrap();

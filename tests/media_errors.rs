@@ -19,13 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::Mounted;
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use common::{Mounted, errno_of, sh};
 
 /// ext4 on a loop device over `mmapfs-faultdev`'s disk; all of it taken down on drop.
 struct FaultyDisk {
@@ -95,47 +89,10 @@ impl Drop for FaultyDisk {
     }
 }
 
-fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
-    r.err().and_then(|e| e.raw_os_error())
-}
-
 /// The segment file and offset where byte `at` of the mounted file `name` lives.
 fn placed(m: &Mounted, name: &str, at: u64) -> (PathBuf, u64) {
-    let out = Command::new(common::BIN).arg("inspect").arg(m.path(name)).arg("--json").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for e in v["file"]["extents"].as_array().unwrap() {
-        let (fo, len) = (e["file_offset"].as_u64().unwrap(), e["length"].as_u64().unwrap());
-        if fo <= at && at < fo + len {
-            let seg = e["segment"].as_u64().unwrap();
-            return (m.store.join(format!("segments/{seg:06}.seg")), e["segment_offset"].as_u64().unwrap() + at - fo);
-        }
-    }
-    panic!("byte {at} of {name} is in no extent: {v}");
-}
-
-/// A child process maps `path` and loads byte `at` (its cached pages dropped first): how it ended.
-fn mapped_load(path: &Path, at: usize) -> std::process::ExitStatus {
-    let f = fs::File::open(path).unwrap();
-    // SAFETY: fork; the child makes only system calls and one load, then _exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: a read-only shared mapping of an open file, inside its size; the child exits
-        // right after the load (or dies of SIGBUS on it).
-        unsafe {
-            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-            let p = libc::mmap(std::ptr::null_mut(), at + 1, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
-            if p == libc::MAP_FAILED {
-                libc::_exit(2);
-            }
-            std::ptr::read_volatile((p as *const u8).add(at));
-            libc::_exit(0);
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    std::os::unix::process::ExitStatusExt::from_raw(status)
+    let (seg, off) = common::placed(m, name, at);
+    (m.store.join(format!("segments/{seg:06}.seg")), off)
 }
 
 fn media_errors(backend: &str) {
@@ -161,20 +118,20 @@ fn media_errors(backend: &str) {
 
     // A small overwrite inside a page that cannot be read: its read-modify-write fails.
     let g = OpenOptions::new().read(true).write(true).open(m.path("g")).unwrap();
-    assert_eq!(errno(g.write_all_at(b"overwrite", (512 << 10) + 100)), Some(libc::EIO), "{backend}: overwrite");
+    assert_eq!(errno_of(g.write_all_at(b"overwrite", (512 << 10) + 100)), Some(libc::EIO), "{backend}: overwrite");
     // A read of such a page, and again: EIO, never zeros.
     let f = fs::File::open(m.path("f")).unwrap();
     // SAFETY: a plain syscall on an open descriptor.
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     let mut buf = vec![0u8; 16 << 10];
     for _ in 0..2 {
-        assert_eq!(errno(f.read_exact_at(&mut buf, 256 << 10)), Some(libc::EIO), "{backend}: read");
+        assert_eq!(errno_of(f.read_exact_at(&mut buf, 256 << 10)), Some(libc::EIO), "{backend}: read");
     }
     // The client's own mapping of the page: SIGBUS in the client, as on ext4.
-    let st = mapped_load(&m.path("f"), (256 << 10) + 100);
+    let st = common::mapped_load(&m.path("f"), (256 << 10) + 100);
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGBUS), "{backend}: {st:?}");
     // Sticky, and the daemon lives: pages that can be read still are.
-    assert_eq!(errno(fs::write(m.path("new"), b"x")), Some(libc::EIO), "{backend}: create after the fault");
+    assert_eq!(errno_of(fs::write(m.path("new"), b"x")), Some(libc::EIO), "{backend}: create after the fault");
     f.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(buf[..], f_data[..buf.len()], "{backend}: f's first bytes");
     assert!(m.log().contains("refuses every further change"), "{}", m.log());
@@ -184,12 +141,7 @@ fn media_errors(backend: &str) {
     }
     drop((f, g));
     // The unmount says the store failed.
-    let mut child = m.take_child();
-    // SAFETY: kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = common::wait_timeout(&mut child, Duration::from_secs(30)).expect("no exit after SIGTERM");
-    assert!(!status.success(), "{backend}: a failed store closed with status 0");
-    assert!(fs::read_to_string(m.store.join("lock")).unwrap().trim_end().ends_with("failed"));
+    m.stop_failed();
     // Healed, the remount has everything acknowledged before the fault.
     disk.ctl("heal");
     m.start().unwrap();
@@ -208,15 +160,11 @@ fn media_errors(backend: &str) {
     let h = OpenOptions::new().write(true).open(m.path("h")).unwrap();
     let new_page = vec![0xEEu8; 4096];
     let r = h.write_all_at(&new_page, 128 << 10).and_then(|()| h.sync_all());
-    assert_eq!(errno(r), Some(libc::EIO), "{backend}: overwrite + fsync of a page the device cannot write");
-    assert_eq!(errno(fs::write(m.path("new"), b"x")), Some(libc::EIO), "{backend}: create after the fault");
+    assert_eq!(errno_of(r), Some(libc::EIO), "{backend}: overwrite + fsync of a page the device cannot write");
+    assert_eq!(errno_of(fs::write(m.path("new"), b"x")), Some(libc::EIO), "{backend}: create after the fault");
     assert!(fs::metadata(m.path("f")).is_ok(), "{backend}: the mount died");
     drop(h);
-    let mut child = m.take_child();
-    // SAFETY: kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = common::wait_timeout(&mut child, Duration::from_secs(30)).expect("no exit after SIGTERM");
-    assert!(!status.success(), "{backend}: a failed store closed with status 0");
+    m.stop_failed();
     disk.ctl("heal");
     m.start().unwrap();
     // The page never made durable is old or new, byte by byte; everything else is as it was.
@@ -281,8 +229,8 @@ fn the_test_device_models_a_volatile_write_cache() {
     // Failing ranges: reads and writes that touch them, until healed.
     ctl("fail-read 0 4096");
     ctl("fail-write 65536 10");
-    assert_eq!(errno(disk.read_exact_at(&mut [0u8; 1], 4095)), Some(libc::EIO));
-    assert_eq!(errno(disk.write_all_at(b"x", 65540)), Some(libc::EIO));
+    assert_eq!(errno_of(disk.read_exact_at(&mut [0u8; 1], 4095)), Some(libc::EIO));
+    assert_eq!(errno_of(disk.write_all_at(b"x", 65540)), Some(libc::EIO));
     assert!(disk.read_exact_at(&mut [0u8; 1], 4096).is_ok());
     ctl("heal");
     assert!(disk.read_exact_at(&mut [0u8; 1], 4095).is_ok());

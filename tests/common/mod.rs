@@ -246,3 +246,71 @@ pub fn du(path: &Path) -> u64 {
     }
     n
 }
+
+/// The errno of a failed call, `None` if it succeeded.
+pub fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// Runs a system command that must succeed; its trimmed stdout.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The segment number and offset in it where byte `at` of the mounted file `name` lives
+/// (`mmapfs inspect`).
+pub fn placed(m: &Mounted, name: &str, at: u64) -> (u64, u64) {
+    let out = Command::new(BIN).arg("inspect").arg(m.path(name)).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in v["file"]["extents"].as_array().unwrap() {
+        let (fo, len) = (e["file_offset"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        if fo <= at && at < fo + len {
+            return (e["segment"].as_u64().unwrap(), e["segment_offset"].as_u64().unwrap() + at - fo);
+        }
+    }
+    panic!("byte {at} of {name} is in no extent: {v}");
+}
+
+/// A child process maps `path`, drops its cached pages, and loads byte `at`: how it ended
+/// (killed by SIGBUS when the page cannot be read).
+pub fn mapped_load(path: &Path, at: usize) -> std::process::ExitStatus {
+    use std::os::unix::io::AsRawFd;
+    let f = File::open(path).unwrap();
+    // SAFETY: fork; the child makes only system calls and one load, then _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: a read-only shared mapping of an open file, inside its size; the child exits
+        // right after the load (or dies of SIGBUS on it).
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            let p = libc::mmap(std::ptr::null_mut(), at + 1, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+            if p == libc::MAP_FAILED {
+                libc::_exit(2);
+            }
+            std::ptr::read_volatile((p as *const u8).add(at));
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    std::os::unix::process::ExitStatusExt::from_raw(status)
+}
+
+impl Mounted {
+    /// SIGTERM a daemon whose store failed: it must unmount and say so, with a non-zero exit
+    /// status and `failed` in the lock file.
+    pub fn stop_failed(&mut self) {
+        let mut child = self.take_child();
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("no exit after SIGTERM");
+        assert!(!status.success(), "a failed store closed with status 0: {}", self.log());
+        let lock = std::fs::read_to_string(self.store.join("lock")).unwrap();
+        assert!(lock.trim_end().ends_with("failed"), "lock file {lock:?}");
+        assert!(!is_mounted(&self.mnt), "still mounted after SIGTERM");
+    }
+}
