@@ -209,14 +209,7 @@ pub struct Snapshot {
 
 /// The `direct` backend's buffer pool: its size, and page hits, misses (reads from the
 /// segment files), evictions and pages written to the segment files.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PoolStats {
-    pub bytes: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions: u64,
-    pub writes: u64,
-}
+pub type PoolStats = crate::store::PoolFigures;
 
 impl Snapshot {
     /// The counters in Prometheus' text exposition format, labelled with the store.

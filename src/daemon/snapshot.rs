@@ -62,13 +62,7 @@ pub fn take(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
         used_bytes: used,
         capacity_bytes: store.superblock().capacity,
         inodes,
-        pool: store.pool_figures().map(|p| stats::PoolStats {
-            bytes: p.bytes,
-            hits: p.hits,
-            misses: p.misses,
-            evictions: p.evictions,
-            writes: p.writes,
-        }),
+        pool: store.pool_figures(),
     }
 }
 

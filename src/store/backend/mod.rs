@@ -78,7 +78,7 @@ pub fn default_pool_size() -> u64 {
 }
 
 /// A buffer pool's counters and size, for `mmapfs stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolFigures {
     pub bytes: u64,
     pub hits: u64,
