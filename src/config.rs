@@ -27,6 +27,58 @@ pub struct MountConfig {
     pub fs: FsConfig,
     /// How to open the store (geometry if it is created, journal limit).
     pub store_opts: OpenOptions,
+    /// How much dirty page cache the mount's files may hold (its bdi's limit); applied by a
+    /// daemon running as root.
+    pub dirty_limit: DirtyLimit,
+}
+
+/// The dirty page cache the mount's files may hold before the kernel throttles the writers
+/// (the limits of the mount's backing device, `/sys/class/bdi/MAJ:MIN`). The kernel gives
+/// every FUSE mount a strict 1 % of the machine's dirty threshold; the daemon, marked as an
+/// I/O flusher, may safely allow more (docs/design.md, "Dirty pages of mapped files"). Every
+/// setting keeps the limit strict, so the mount never holds more than it says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyLimit {
+    /// The kernel's own limit (`-o dirty_limit=kernel`).
+    Kernel,
+    /// This share of the machine's dirty threshold, in percent (`-o dirty_limit=50%`).
+    Ratio(u8),
+    /// At most this many bytes (`-o dirty_limit=2G`).
+    Bytes(u64),
+}
+
+impl DirtyLimit {
+    /// The default, chosen by measurement (docs/design.md): half of the machine's dirty
+    /// threshold.
+    pub const DEFAULT: DirtyLimit = DirtyLimit::Ratio(50);
+
+    /// Parses `kernel`, `N%` (1..=100) or a size (at least 1M).
+    pub fn parse(v: &str) -> Result<DirtyLimit, String> {
+        if v == "kernel" {
+            return Ok(DirtyLimit::Kernel);
+        }
+        if let Some(p) = v.strip_suffix('%') {
+            return match p.parse::<u8>() {
+                Ok(n @ 1..=100) => Ok(DirtyLimit::Ratio(n)),
+                _ => Err(format!("dirty_limit={v}: a share must be 1% to 100%")),
+            };
+        }
+        match parse_size(v) {
+            Ok(n) if n >= 1 << 20 => Ok(DirtyLimit::Bytes(n)),
+            Ok(_) => Err(format!("dirty_limit={v}: at least 1M")),
+            Err(e) => Err(format!("dirty_limit={v}: kernel, a share such as 50%, or a size ({e})")),
+        }
+    }
+}
+
+impl std::fmt::Display for DirtyLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirtyLimit::Kernel => f.write_str("kernel"),
+            DirtyLimit::Ratio(n) => write!(f, "{n}%"),
+            DirtyLimit::Bytes(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// Parses a size such as `64M`, `16G`, `4096` (binary multiples).
@@ -97,6 +149,7 @@ impl MountConfig {
             allow_other: false,
             fs: FsConfig::default(),
             store_opts: OpenOptions::default(),
+            dirty_limit: DirtyLimit::DEFAULT,
         }
     }
 
@@ -151,6 +204,9 @@ impl MountConfig {
                         } else {
                             self.fs.entry_ttl = d
                         }
+                        continue;
+                    } else if let Some(v) = o.strip_prefix("dirty_limit=") {
+                        self.dirty_limit = DirtyLimit::parse(v)?;
                         continue;
                     } else if let Some(v) = o.strip_prefix("max_write=") {
                         let n = parse_size(v)?;
@@ -226,6 +282,25 @@ mod tests {
         }
         assert_eq!(option_name(&MountOption::FSName("mmapfs:/s".into())), "fsname=mmapfs:/s");
         assert_eq!(option_name(&MountOption::DefaultPermissions), "default_permissions");
+    }
+
+    #[test]
+    fn dirty_limits() {
+        let mut c = MountConfig::new("s".into(), "m".into());
+        assert_eq!(c.dirty_limit, DirtyLimit::DEFAULT);
+        for (v, want) in [
+            ("kernel", DirtyLimit::Kernel),
+            ("100%", DirtyLimit::Ratio(100)),
+            ("5%", DirtyLimit::Ratio(5)),
+            ("2G", DirtyLimit::Bytes(2 << 30)),
+        ] {
+            c.apply_options(&format!("dirty_limit={v}")).unwrap();
+            assert_eq!(c.dirty_limit, want, "{v}");
+            assert_eq!(DirtyLimit::parse(&want.to_string()).unwrap(), want);
+        }
+        for bad in ["0%", "101%", "x%", "4K", "lots", ""] {
+            assert!(c.apply_options(&format!("dirty_limit={bad}")).unwrap_err().contains("dirty_limit"), "{bad}");
+        }
     }
 
     #[test]

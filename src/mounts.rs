@@ -15,6 +15,9 @@ pub struct Mount {
     pub fstype: String,
     /// The source column (unescaped): `mmapfs:STORE` for an mmapfs mount.
     pub source: String,
+    /// The filesystem's device, `MAJ:MIN`; for a FUSE mount also the name of its
+    /// backing-device (bdi) directory in `/sys/class/bdi`.
+    pub device: String,
 }
 
 /// The mount table of this process's namespace; empty if it cannot be read.
@@ -28,13 +31,14 @@ fn parse(text: &[u8]) -> Vec<Mount> {
     let mut out = Vec::new();
     for line in text.split(|&b| b == b'\n') {
         let mut fields = line.split(|&b| b == b' ');
-        let Some(mountpoint) = fields.nth(4) else { continue };
+        let (Some(device), Some(mountpoint)) = (fields.nth(2), fields.nth(1)) else { continue };
         let mut rest = fields.skip_while(|f| *f != b"-").skip(1);
         let (Some(fstype), Some(source)) = (rest.next(), rest.next()) else { continue };
         out.push(Mount {
             mountpoint: PathBuf::from(OsString::from_vec(unescape(mountpoint))),
             fstype: String::from_utf8_lossy(&unescape(fstype)).into_owned(),
             source: String::from_utf8_lossy(&unescape(source)).into_owned(),
+            device: String::from_utf8_lossy(device).into_owned(),
         });
     }
     out
@@ -114,8 +118,10 @@ mod tests {
         assert_eq!(t[0].mountpoint, Path::new("/mnt/a b"));
         assert_eq!(t[0].fstype, "fuse.mmapfs");
         assert_eq!(t[0].source, "mmapfs:/var/lib/my store");
+        assert_eq!(t[0].device, "98:0");
         assert_eq!(t[1].mountpoint, Path::new("/x\\y\tz"));
         assert_eq!(t[1].source, "/dev/loop0");
+        assert_eq!(t[1].device, "98:1");
         // A backslash not followed by three octal digits is kept, also at the very end.
         assert_eq!(unescape(b"a\\9b\\04"), b"a\\9b\\04");
         assert_eq!(unescape(b"\\101"), b"A");

@@ -205,6 +205,26 @@ pub struct Snapshot {
     /// The `direct` backend's buffer pool.
     #[serde(default)]
     pub pool: Option<PoolStats>,
+    /// The mount's limits in the kernel (its bdi), read when the snapshot was taken.
+    #[serde(default)]
+    pub kernel_limits: Option<KernelLimits>,
+}
+
+/// The mount's backing device (`/sys/class/bdi/MAJ:MIN`) as the kernel has it: how much
+/// dirty page cache the mount's files may hold, and how far the kernel reads ahead.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelLimits {
+    /// `MAJ:MIN`.
+    pub bdi: String,
+    /// The daemon is marked with `PR_SET_IO_FLUSHER`.
+    pub io_flusher: bool,
+    /// What `-o dirty_limit` asked for.
+    pub dirty_limit: String,
+    pub strict_limit: bool,
+    /// Percent of the machine's dirty threshold.
+    pub max_ratio: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub read_ahead_kb: Option<u64>,
 }
 
 /// The `direct` backend's buffer pool: its size, and page hits, misses (reads from the
@@ -252,6 +272,19 @@ impl Snapshot {
             );
             metric("pool_evictions_total", "counter", "Buffer pool pages evicted.", one(p.evictions as f64));
             metric("pool_writes_total", "counter", "Pages written with O_DIRECT.", one(p.writes as f64));
+        }
+        if let Some(k) = &self.kernel_limits {
+            if let Some(b) = k.max_bytes {
+                metric(
+                    "dirty_limit_bytes",
+                    "gauge",
+                    "Dirty page cache the mount may hold (bdi max_bytes).",
+                    one(b as f64),
+                );
+            }
+            if let Some(kb) = k.read_ahead_kb {
+                metric("read_ahead_bytes", "gauge", "The kernel's read-ahead for the mount.", one((kb << 10) as f64));
+            }
         }
         metric("used_bytes", "gauge", "Bytes of file data stored.", one(self.used_bytes as f64));
         metric("capacity_bytes", "gauge", "The store's capacity.", one(self.capacity_bytes as f64));
@@ -318,6 +351,21 @@ impl Snapshot {
                 p.misses,
                 p.evictions,
                 p.writes
+            );
+        }
+        if let Some(k) = &self.kernel_limits {
+            let opt = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map_or_else(|| "?".to_string(), f);
+            let _ = writeln!(
+                s,
+                "kernel: bdi {}, dirty limit {} ({}% of the machine's, {}; -o dirty_limit={}), read-ahead {}, \
+                 I/O flusher {}",
+                k.bdi,
+                opt(k.max_bytes, &|b| format!("{} MiB", b >> 20)),
+                opt(k.max_ratio, &|r| r.to_string()),
+                if k.strict_limit { "strict" } else { "not strict" },
+                k.dirty_limit,
+                opt(k.read_ahead_kb, &|kb| format!("{kb} KiB")),
+                if k.io_flusher { "yes" } else { "no" }
             );
         }
         let resident = self.resident_bytes.map_or("n/a (pread backend)".to_string(), |r| format!("{} MiB", r >> 20));

@@ -60,7 +60,17 @@ fn a_normal_user_mounts_and_unmounts_with_fusermount3() {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info.lines().find(|l| l.split(' ').nth(4) == Some(&*mnt.to_string_lossy())).unwrap();
     assert!(line.contains("user_id=1000"), "mounted for the user: {line}");
-    assert!(daemon_log().contains("stop with `fusermount3 -u"), "{}", daemon_log());
+    // The mount shows in the table before the daemon has said it is ready: wait for that line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !daemon_log().contains("stop with `fusermount3 -u") {
+        assert!(std::time::Instant::now() < deadline, "never ready: {}", daemon_log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A normal user cannot change the mount's bdi: the kernel's dirty limit stays, said once.
+    assert_eq!(daemon_log().matches("the mount keeps the kernel's dirty limit").count(), 1, "{}", daemon_log());
+    let bdi = line.split(' ').nth(2).unwrap();
+    let max_ratio = fs::read_to_string(format!("/sys/class/bdi/{bdi}/max_ratio")).unwrap();
+    assert_eq!(max_ratio.trim(), "1", "the kernel's limit for a FUSE mount");
     let out = as_user(home.path())
         .args(["sh", "-c", "echo hello > \"$1/f\" && cat \"$1/f\" && stat -c '%u' \"$1/f\"", "sh"])
         .arg(&mnt)

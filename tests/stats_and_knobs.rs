@@ -8,39 +8,9 @@ use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Mounted, run};
-
-fn stats_json(path: &Path) -> serde_json::Value {
-    let out = std::process::Command::new(common::BIN)
-        .args([OsStr::new("stats"), OsStr::new("--json"), path.as_os_str()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The daemon's figures as of now: waits for a snapshot written after this call began (the
-/// daemon writes one a second), so everything that returned before the call is counted.
-fn fresh_stats(store: &Path) -> serde_json::Value {
-    let uptime = |s: &serde_json::Value| s["uptime_s"].as_f64().unwrap();
-    let read = || fs::read(store.join("stats.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    // No snapshot yet: any that appears is fresh.
-    let since = read().map_or(-1.0, |s| uptime(&s));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = read().filter(|s| uptime(s) > since) {
-            // Through the command users run, now that a fresh snapshot is there.
-            let shown = stats_json(store);
-            assert!(uptime(&shown) >= uptime(&s));
-            return shown;
-        }
-        assert!(Instant::now() < deadline, "no new stats.json in {} within 20 s", store.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::{Mounted, fresh_stats, run, stats_json};
 
 fn op<'a>(s: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
     s["ops"].as_array().unwrap().iter().find(|o| o["op"] == name)

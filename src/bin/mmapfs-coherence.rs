@@ -260,8 +260,57 @@ fn helper(args: &[String]) -> Outcome {
             }
             Ok(())
         }
+        // Stores into every page of a shared mapping of BYTES, PASSES times, each pass in a
+        // scattered order, then msyncs and checks the mapping: page p ends up holding
+        // `map_stamp(p, PASSES)` at its first and last word.
+        "map-stores" => {
+            let bytes: usize = args[2].parse().map_err(|_| "bytes")?;
+            let passes: u64 = args[3].parse().map_err(|_| "passes")?;
+            let pages = bytes / PAGE;
+            check(pages > 0 && bytes.is_multiple_of(PAGE), || "BYTES must be whole pages".into())?;
+            // A stride prime to the page count visits every page once per pass, far apart.
+            let gcd = |mut a: usize, mut b: usize| {
+                while b != 0 {
+                    (a, b) = (b, a % b);
+                }
+                a
+            };
+            let stride = (1..).map(|k| pages / 3 + k).find(|&s| gcd(s, pages) == 1).expect("some stride");
+            let f = open_rw(path, true)?;
+            io(f.set_len(bytes as u64), "ftruncate")?;
+            let m = map_file(&f, bytes, true)?;
+            for pass in 1..=passes {
+                for i in 0..pages {
+                    let p = (i * stride + pass as usize) % pages;
+                    m.store(p * PAGE, map_stamp(p, pass));
+                    m.store(p * PAGE + PAGE - 8, map_stamp(p, pass));
+                }
+            }
+            msync(&m)?;
+            (0..pages).try_for_each(|p| {
+                let (a, b) = (m.load(p * PAGE), m.load(p * PAGE + PAGE - 8));
+                check(a == map_stamp(p, passes) && b == a, || format!("page {p} holds {a:#x}/{b:#x} after msync"))
+            })
+        }
+        // Streams BYTES with write(2) in 1 MiB chunks, chunk i filled with the word i + 1,
+        // then fsyncs.
+        "stream-writes" => {
+            let bytes: usize = args[2].parse().map_err(|_| "bytes")?;
+            let f = open_rw(path, true)?;
+            for i in 0..bytes >> 20 {
+                let chunk: Vec<u8> =
+                    std::iter::repeat_n((i as u64 + 1).to_ne_bytes(), (1 << 20) / 8).flatten().collect();
+                io(f.write_all_at(&chunk, (i << 20) as u64), "write")?;
+            }
+            io(f.sync_all(), "fsync")
+        }
         _ => Err(format!("unknown helper {kind}")),
     }
+}
+
+/// What `helper map-stores` leaves in page `p` after pass `pass` (tests/dirty_pages.rs checks it).
+fn map_stamp(p: usize, pass: u64) -> u64 {
+    ((p as u64) << 16) | pass
 }
 
 // ---------------------------------------------------------------- scenarios

@@ -2,11 +2,12 @@
 //! after the last request, with its threads (signals, checkpoints, housekeeping).
 
 mod background;
+mod bdi;
 mod checks;
 mod snapshot;
 mod threads;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -22,6 +23,8 @@ use crate::store::{self, Store, SyncPolicy};
 pub fn mount(cfg: &MountConfig) -> Result<(), String> {
     store::faults::arm_from_env()?;
     let (store_dir, mnt, root) = checks::preflight(cfg)?;
+    // Before any thread exists: threads inherit the flags when they are created.
+    let io_flusher = bdi::become_io_flusher();
     let mut cfg = cfg.clone();
     // The source column of /proc/mounts names the store, so `mmapfs stats MOUNTPOINT` finds it.
     for o in &mut cfg.kernel {
@@ -31,6 +34,10 @@ pub fn mount(cfg: &MountConfig) -> Result<(), String> {
             *n = format!("mmapfs:{}", store_dir.display());
         }
     }
+    let source = cfg.kernel.iter().find_map(|o| match o {
+        fuser::MountOption::FSName(n) => Some(n.clone()),
+        _ => None,
+    });
     if cfg.store_opts.sync == SyncPolicy::None {
         log::warn!(
             "--sync none: fsync and msync do NOTHING; data and metadata are NOT durable (an experiment setting)"
@@ -44,9 +51,33 @@ pub fn mount(cfg: &MountConfig) -> Result<(), String> {
     let store = Arc::new(Store::open(&store_dir, cfg.store_opts).map_err(|e| format!("{}: {e}", store_dir.display()))?);
     let counters = Arc::new(Stats::default());
     let mut session = start_session(&cfg, &store, &mnt, &counters)?;
+    let kernel = source.and_then(|s| bdi::dir_of(&mnt, &s)).map(|dir| {
+        bdi::relax(&dir, cfg.dirty_limit, io_flusher);
+        Kernel { bdi: dir, io_flusher }
+    });
+    if kernel.is_none() {
+        log::warn!("cannot find {} in the mount table: the kernel's limits for it stay as they are", mnt.display());
+    }
     announce(&store_dir, &mnt, cfg.threads, root);
     threads::spawn_signal_waiter(signals, session.unmount_callable(), mnt.clone())?;
-    serve(session, &cfg, store, counters, &mnt)
+    let mount = Mounted { cfg, mnt, kernel };
+    serve(session, &mount, store, counters)
+}
+
+/// A live mount as the daemon's threads see it.
+#[derive(Clone)]
+pub struct Mounted {
+    pub cfg: MountConfig,
+    pub mnt: PathBuf,
+    /// The mount's backing device in the kernel, if it was found.
+    pub kernel: Option<Kernel>,
+}
+
+/// The mount's backing device: its sysfs directory, and whether the daemon is an I/O flusher.
+#[derive(Clone)]
+pub struct Kernel {
+    pub bdi: PathBuf,
+    pub io_flusher: bool,
 }
 
 /// Mounts: the FUSE session over the store, with the adapter's notifier and unmounter set.
@@ -96,16 +127,10 @@ fn announce(store_dir: &Path, mnt: &Path, threads: usize, root: bool) {
 
 /// Runs the request loops until the mount ends, then stops the daemon's threads, writes the
 /// last figures and closes the store.
-fn serve(
-    session: fuser::Session<MmapFs>,
-    cfg: &MountConfig,
-    store: Arc<Store>,
-    counters: Arc<Stats>,
-    mnt: &Path,
-) -> Result<(), String> {
+fn serve(session: fuser::Session<MmapFs>, m: &Mounted, store: Arc<Store>, counters: Arc<Stats>) -> Result<(), String> {
+    let mnt = &m.mnt;
     let stop = Arc::new(AtomicBool::new(false));
-    let housekeeping =
-        threads::spawn_housekeeping(stop.clone(), store.clone(), counters.clone(), cfg.clone(), mnt.to_path_buf())?;
+    let housekeeping = threads::spawn_housekeeping(stop.clone(), store.clone(), counters.clone(), m.clone())?;
     let checkpointer = threads::spawn_checkpointer(stop.clone(), store.clone())?;
     let served = session.run();
     store.mark_closing();
@@ -117,7 +142,7 @@ fn serve(
     store.wake_checkpoint_thread();
     let _ = housekeeping.join();
     let _ = checkpointer.join();
-    snapshot::write(&snapshot::take(&counters, &store, cfg, mnt), store.dir());
+    snapshot::write(&snapshot::take(&counters, &store, m), store.dir());
     let closed = store.close();
     log::info!("unmounted {}", mnt.display());
     match served {

@@ -3,12 +3,13 @@
 
 use std::path::Path;
 
-use crate::config::MountConfig;
+use super::{Mounted, bdi};
 use crate::stats::{self, Snapshot, Stats};
 use crate::store::Store;
 
 /// The daemon's counters and knobs, as `mmapfs stats` shows them.
-pub fn take(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> Snapshot {
+pub fn take(counters: &Stats, store: &Store, mount: &Mounted) -> Snapshot {
+    let (cfg, mnt) = (&mount.cfg, &mount.mnt);
     let (msync_calls, msync_bytes, msync_ns) = {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &store.counters;
@@ -42,6 +43,7 @@ pub fn take(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
         ("capacity", store.superblock().capacity.to_string()),
         ("journal_limit", o.journal_limit.to_string()),
         ("kernel_options", kernel.join(",")),
+        ("dirty_limit", cfg.dirty_limit.to_string()),
     ];
     Snapshot {
         pid: std::process::id(),
@@ -63,6 +65,7 @@ pub fn take(counters: &Stats, store: &Store, cfg: &MountConfig, mnt: &Path) -> S
         capacity_bytes: store.superblock().capacity,
         inodes,
         pool: store.pool_figures(),
+        kernel_limits: mount.kernel.as_ref().map(|k| bdi::limits(&k.bdi, cfg.dirty_limit, k.io_flusher)),
     }
 }
 

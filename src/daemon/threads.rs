@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 
-use super::snapshot;
-use crate::config::MountConfig;
+use super::{Mounted, snapshot};
 use crate::stats::Stats;
 use crate::store::Store;
 
@@ -79,14 +78,13 @@ pub fn spawn_housekeeping(
     stop: Arc<AtomicBool>,
     store: Arc<Store>,
     counters: Arc<Stats>,
-    cfg: MountConfig,
-    mnt: PathBuf,
+    mount: Mounted,
 ) -> Result<JoinHandle<()>, String> {
     std::thread::Builder::new()
         .name("stats+reclaim".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                snapshot::write(&snapshot::take(&counters, &store, &cfg, &mnt), store.dir());
+                snapshot::write(&snapshot::take(&counters, &store, &mount), store.dir());
                 // Space freed by deletes goes back to the host within a second or so.
                 if let Err(e) = store.reclaim() {
                     log::warn!("giving free space back to the host: {e}");

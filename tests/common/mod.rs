@@ -314,3 +314,33 @@ impl Mounted {
         assert!(!is_mounted(&self.mnt), "still mounted after SIGTERM");
     }
 }
+
+/// `mmapfs stats --json PATH` (a store or a mountpoint).
+pub fn stats_json(path: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(BIN)
+        .args([std::ffi::OsStr::new("stats"), std::ffi::OsStr::new("--json"), path.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The daemon's figures as of now: waits for a snapshot written after this call began (the
+/// daemon writes one a second), so everything that returned before the call is counted.
+pub fn fresh_stats(store: &Path) -> serde_json::Value {
+    let uptime = |s: &serde_json::Value| s["uptime_s"].as_f64().unwrap();
+    let read = || std::fs::read(store.join("stats.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    // No snapshot yet: any that appears is fresh.
+    let since = read().map_or(-1.0, |s| uptime(&s));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = read().filter(|s| uptime(s) > since) {
+            // Through the command users run, now that a fresh snapshot is there.
+            let shown = stats_json(store);
+            assert!(uptime(&shown) >= uptime(&s));
+            return shown;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new stats.json in {} within 20 s", store.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
