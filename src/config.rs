@@ -30,7 +30,14 @@ pub struct MountConfig {
     /// How much dirty page cache the mount's files may hold (its bdi's limit); applied by a
     /// daemon running as root.
     pub dirty_limit: DirtyLimit,
+    /// How far the kernel reads ahead in the mount's files (`-o read_ahead=SIZE`; `None`:
+    /// the kernel's 128 KiB); applied by a daemon running as root once the mount answers.
+    pub read_ahead: Option<u64>,
 }
+
+/// The default of `-o read_ahead`, chosen by measurement (docs/benchmarks.md, "Cold
+/// sequential reads").
+pub const READ_AHEAD_DEFAULT: u64 = 1 << 20;
 
 /// The dirty page cache the mount's files may hold before the kernel throttles the writers
 /// (the limits of the mount's backing device, `/sys/class/bdi/MAJ:MIN`). The kernel gives
@@ -150,6 +157,7 @@ impl MountConfig {
             fs: FsConfig::default(),
             store_opts: OpenOptions::default(),
             dirty_limit: DirtyLimit::DEFAULT,
+            read_ahead: Some(READ_AHEAD_DEFAULT),
         }
     }
 
@@ -207,6 +215,15 @@ impl MountConfig {
                         continue;
                     } else if let Some(v) = o.strip_prefix("dirty_limit=") {
                         self.dirty_limit = DirtyLimit::parse(v)?;
+                        continue;
+                    } else if let Some(v) = o.strip_prefix("read_ahead=") {
+                        self.read_ahead = match v {
+                            "kernel" => None,
+                            _ => match parse_size(v)? {
+                                n if n.is_multiple_of(4096) && n <= 64 << 20 => Some(n),
+                                _ => return Err(format!("read_ahead={v}: whole pages, at most 64M")),
+                            },
+                        };
                         continue;
                     } else if let Some(v) = o.strip_prefix("max_write=") {
                         let n = parse_size(v)?;
@@ -298,6 +315,11 @@ mod tests {
             assert_eq!(c.dirty_limit, want, "{v}");
             assert_eq!(DirtyLimit::parse(&want.to_string()).unwrap(), want);
         }
+        c.apply_options("read_ahead=4M").unwrap();
+        assert_eq!(c.read_ahead, Some(4 << 20));
+        c.apply_options("read_ahead=kernel").unwrap();
+        assert_eq!(c.read_ahead, None);
+        assert!(c.apply_options("read_ahead=1000").is_err() && c.apply_options("read_ahead=1G").is_err());
         for bad in ["0%", "101%", "x%", "4K", "lots", ""] {
             assert!(c.apply_options(&format!("dirty_limit={bad}")).unwrap_err().contains("dirty_limit"), "{bad}");
         }

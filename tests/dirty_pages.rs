@@ -50,7 +50,7 @@ fn limits(m: &Mounted) -> serde_json::Value {
 }
 
 #[test]
-fn root_relaxes_the_mounts_dirty_limit_and_stats_show_it() {
+fn root_sets_the_mounts_dirty_limit_and_read_ahead_and_stats_show_them() {
     if !root() {
         eprintln!("skipped: setting a mount's bdi limits needs root (tests/normal_user.rs covers a normal user)");
         return;
@@ -70,6 +70,8 @@ fn root_relaxes_the_mounts_dirty_limit_and_stats_show_it() {
     assert_eq!(sysfs("max_ratio"), 50, "the stats show what the kernel has");
     assert_eq!(sysfs("strict_limit"), 1);
     assert!(k["max_bytes"].as_u64().unwrap() > 100 * MIB, "{k}");
+    assert_eq!(k["read_ahead_kb"], 1024, "{k}");
+    assert_eq!(sysfs("read_ahead_kb"), 1024);
     if flusher {
         // Every thread of the daemon, request loops included, carries the mark.
         const PF_MEMALLOC_NOIO: u64 = 0x0008_0000;
@@ -90,16 +92,19 @@ fn root_relaxes_the_mounts_dirty_limit_and_stats_show_it() {
     drop(m);
 
     // The kernel's own limit, kept on request.
-    let m = Mounted::new(&["-o", "dirty_limit=kernel"]);
+    let m = Mounted::new(&["-o", "dirty_limit=kernel,read_ahead=kernel"]);
     let k = limits(&m);
     assert_eq!((k["dirty_limit"].as_str(), k["max_ratio"].as_u64()), (Some("kernel"), Some(1)), "{k}");
     assert_eq!(k["strict_limit"], true);
+    assert_eq!(k["read_ahead_kb"], 128, "the kernel's read-ahead for a FUSE mount: {k}");
     drop(m);
 
     // A byte limit (the kernel keeps it as a share, so it reads back within rounding).
-    let m = Mounted::new(&["-o", "dirty_limit=256M"]);
-    let b = limits(&m)["max_bytes"].as_u64().unwrap();
+    let m = Mounted::new(&["-o", "dirty_limit=256M,read_ahead=4M"]);
+    let k = limits(&m);
+    let b = k["max_bytes"].as_u64().unwrap();
     assert!((240 * MIB..=272 * MIB).contains(&b), "max_bytes {b}");
+    assert_eq!(k["read_ahead_kb"], 4096);
     drop(m);
 
     // More than half only for an I/O flusher.

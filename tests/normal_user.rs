@@ -71,6 +71,7 @@ fn a_normal_user_mounts_and_unmounts_with_fusermount3() {
     let bdi = line.split(' ').nth(2).unwrap();
     let max_ratio = fs::read_to_string(format!("/sys/class/bdi/{bdi}/max_ratio")).unwrap();
     assert_eq!(max_ratio.trim(), "1", "the kernel's limit for a FUSE mount");
+    assert!(daemon_log().contains("the mount keeps the kernel's read-ahead of 128 KiB"), "{}", daemon_log());
     let out = as_user(home.path())
         .args(["sh", "-c", "echo hello > \"$1/f\" && cat \"$1/f\" && stat -c '%u' \"$1/f\"", "sh"])
         .arg(&mnt)

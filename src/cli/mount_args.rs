@@ -20,7 +20,9 @@ pub struct MountArgs {
     /// no_default_permissions, ro, rw, nodev, nosuid, noexec, noatime, sync, dirsync,
     /// fsname=NAME, and mmapfs's own: writeback_cache, direct_io, max_write=SIZE,
     /// dirty_limit=kernel|N%|SIZE (dirty page cache the mount may hold; as root the default
-    /// is 50% of the machine's dirty threshold, strict; a normal user keeps the kernel's 1%)
+    /// is 50% of the machine's dirty threshold, strict; a normal user keeps the kernel's 1%),
+    /// read_ahead=kernel|SIZE (the kernel's read-ahead in the mount's files; as root 1M by
+    /// default, a normal user keeps the kernel's 128K)
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
     /// FUSE request threads [default: number of cores]

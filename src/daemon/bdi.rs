@@ -79,6 +79,21 @@ pub fn relax(bdi: &Path, limit: DirtyLimit, io_flusher: bool) {
     );
 }
 
+/// Sets how far the kernel reads ahead in the mount's files (`None`: keeps the kernel's).
+/// Call it once the mount has answered a request: the kernel sets the bdi's read-ahead from
+/// the daemon's INIT reply, and fuser can only lower it there.
+pub fn set_read_ahead(bdi: &Path, bytes: Option<u64>) {
+    let Some(b) = bytes else { return };
+    match write(bdi, "read_ahead_kb", b >> 10) {
+        Ok(()) => log::info!("read-ahead of the mount: {} KiB", b >> 10),
+        Err(e) => log::info!(
+            "the mount keeps the kernel's read-ahead of {} KiB: cannot change {}: {e}",
+            read(bdi, "read_ahead_kb").unwrap_or(0),
+            bdi.display()
+        ),
+    }
+}
+
 fn mib_of(bdi: &Path) -> String {
     read(bdi, "max_bytes").map_or_else(String::new, |b| format!(" ({} MiB)", b >> 20))
 }

@@ -58,10 +58,31 @@ pub fn mount(cfg: &MountConfig) -> Result<(), String> {
     if kernel.is_none() {
         log::warn!("cannot find {} in the mount table: the kernel's limits for it stay as they are", mnt.display());
     }
-    announce(&store_dir, &mnt, cfg.threads, root);
     threads::spawn_signal_waiter(signals, session.unmount_callable(), mnt.clone())?;
     let mount = Mounted { cfg, mnt, kernel };
+    spawn_ready(mount.clone(), store_dir, root)?;
     serve(session, &mount, store, counters)
+}
+
+/// Once the mount answers requests (the kernel has the daemon's INIT reply), sets what only
+/// then can be set, then says the mount is live.
+fn spawn_ready(m: Mounted, store_dir: PathBuf, root: bool) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || {
+            // A request of our own: the kernel holds it until INIT is answered. It fails only
+            // if the mount is gone already.
+            if let Err(e) = nix::sys::statvfs::statvfs(&m.mnt) {
+                log::warn!("the mount at {} did not answer: {e}", m.mnt.display());
+                return;
+            }
+            if let Some(k) = &m.kernel {
+                bdi::set_read_ahead(&k.bdi, m.cfg.read_ahead);
+            }
+            announce(&store_dir, &m.mnt, m.cfg.threads, root);
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the thread that announces the mount: {e}"))
 }
 
 /// A live mount as the daemon's threads see it.
@@ -108,7 +129,7 @@ fn start_session(
 }
 
 /// Tells systemd (Type=notify; a no-op without NOTIFY_SOCKET), the starter of a background
-/// daemon and the log that the mount is live.
+/// daemon and the log that the mount is live (it answers requests).
 fn announce(store_dir: &Path, mnt: &Path, threads: usize, root: bool) {
     let status = format!("serving {} at {}", store_dir.display(), mnt.display());
     let ready = [sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)];

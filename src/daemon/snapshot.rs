@@ -44,6 +44,7 @@ pub fn take(counters: &Stats, store: &Store, mount: &Mounted) -> Snapshot {
         ("journal_limit", o.journal_limit.to_string()),
         ("kernel_options", kernel.join(",")),
         ("dirty_limit", cfg.dirty_limit.to_string()),
+        ("read_ahead", cfg.read_ahead.map_or_else(|| "kernel".to_string(), |b| b.to_string())),
     ];
     Snapshot {
         pid: std::process::id(),

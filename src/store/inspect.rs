@@ -179,26 +179,35 @@ fn mark_dirty(f: &File, bs: u64, blocks: &mut [BlockState], from: usize, to: usi
 
 /// Dirty pages of `f` in `off..off+len` (`cachestat(2)`), `None` if the kernel has no such call.
 fn cachestat_dirty(f: &File, off: u64, len: u64) -> Option<u64> {
+    cachestat(f, off, len).map(|st| st.nr_dirty + st.nr_writeback)
+}
+
+/// What `cachestat(2)` (Linux 6.5) says of `off..off+len` of a file, in pages.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct CacheStat {
+    /// Pages in the page cache, whether or not their read has completed.
+    pub nr_cache: u64,
+    pub nr_dirty: u64,
+    pub nr_writeback: u64,
+    pub nr_evicted: u64,
+    pub nr_recently_evicted: u64,
+}
+
+/// `cachestat(2)` of `off..off+len` of `f`; `None` if the kernel has no such call.
+pub(crate) fn cachestat(f: &File, off: u64, len: u64) -> Option<CacheStat> {
     #[repr(C)]
     struct Range {
         off: u64,
         len: u64,
     }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
     /// The syscall number is the same on every architecture (the generic table).
     const SYS_CACHESTAT: libc::c_long = 451;
     let range = Range { off, len };
-    let mut st = Stat::default();
+    let mut st = CacheStat::default();
     // SAFETY: both pointers are to live, properly laid out structs of the kernel ABI; the fd
     // is ours. The kernel only writes `st`.
-    let rc = unsafe { libc::syscall(SYS_CACHESTAT, f.as_raw_fd(), &range as *const Range, &mut st as *mut Stat, 0) };
-    (rc == 0).then_some(st.nr_dirty + st.nr_writeback)
+    let rc =
+        unsafe { libc::syscall(SYS_CACHESTAT, f.as_raw_fd(), &range as *const Range, &mut st as *mut CacheStat, 0) };
+    (rc == 0).then_some(st)
 }

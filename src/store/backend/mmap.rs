@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -54,6 +54,8 @@ impl super::Engine for Engine {
             map_writes: self.map_writes,
             failed_pages: Mutex::new(BTreeSet::new()),
             any_failed: AtomicBool::new(false),
+            stream_end: AtomicUsize::new(usize::MAX),
+            prefetched_to: AtomicUsize::new(0),
         }))
     }
 }
@@ -83,7 +85,19 @@ struct Mapped {
     failed_pages: Mutex<BTreeSet<usize>>,
     /// Set once a page has failed: the fast path checks only this.
     any_failed: AtomicBool,
+    /// Where the last multi-page read ended: a read that starts there continues a stream.
+    stream_end: AtomicUsize,
+    /// How far the stream's pages have been read ahead.
+    prefetched_to: AtomicUsize,
 }
+
+/// How far ahead of a sequential stream of reads the daemon reads the segment: the next
+/// requests' pages are on their way from the disk while this one is copied to the kernel.
+/// Measured in docs/benchmarks.md ("Cold sequential reads").
+const READ_AHEAD: usize = 4 << 20;
+
+/// The most one `POSIX_FADV_WILLNEED` is asked to read.
+const WILL_NEED_PIECE: usize = 512 << 10;
 
 impl Mapped {
     /// Why `MADV_RANDOM` plus this is the default: a store through a mapping dirties the whole
@@ -97,9 +111,40 @@ impl Mapped {
     /// (this keeps the syscall off the path of random 4 KiB reads).
     fn prefetch(&self, off: usize, len: usize) {
         if self.prefetch && off / PAGE != (off + len.max(1) - 1) / PAGE {
+            self.will_need(off, len);
+        }
+    }
+
+    /// [`Mapped::prefetch`] for a read, which also reads [`READ_AHEAD`] beyond a read that
+    /// continues the previous multi-page read of this segment (the kernel sends multi-page
+    /// READs for its own read-ahead of a stream). A read elsewhere reads only its own range, so
+    /// random reads cost nothing more; two streams in one segment only lose the extra.
+    fn prefetch_read(&self, off: usize, len: usize) {
+        if !self.prefetch || off / PAGE == (off + len.max(1) - 1) / PAGE {
+            return;
+        }
+        let end = off + len;
+        if self.stream_end.swap(end, Ordering::Relaxed) != off {
+            self.prefetched_to.store(end, Ordering::Relaxed);
+            return self.will_need(off, len);
+        }
+        let from = self.prefetched_to.load(Ordering::Relaxed).clamp(off, self.len);
+        let to = (end + READ_AHEAD).min(self.len);
+        if to > from {
+            self.prefetched_to.store(to, Ordering::Relaxed);
+            self.will_need(from, to - from);
+        }
+    }
+
+    fn will_need(&self, off: usize, len: usize) {
+        // In pieces: one call reads at most the larger of the host device's read-ahead and
+        // its largest request (often 128 KiB and 512 KiB), the rest silently not at all.
+        for at in (off..off + len).step_by(WILL_NEED_PIECE) {
+            let n = WILL_NEED_PIECE.min(off + len - at);
             // SAFETY: a plain syscall on an fd we own; no memory is passed. A failure only
-            // loses the read-ahead, so its result is ignored.
-            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), off as i64, len as i64, libc::POSIX_FADV_WILLNEED) };
+            // loses the read-ahead, so its result is ignored. WILLNEED starts the reads and
+            // returns without waiting for them.
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), at as i64, n as i64, libc::POSIX_FADV_WILLNEED) };
         }
     }
 }
@@ -128,7 +173,7 @@ impl Mapped {
 
 impl SegmentIo for Mapped {
     fn read_at(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
-        self.prefetch(off, buf.len());
+        self.prefetch_read(off, buf.len());
         self.guarded(off, buf.len(), "reading a segment", || {
             // SAFETY: the segment checked that `off..off+len` lies inside the segment, which
             // is mapped whole; the source is the mapping and the destination a caller's
@@ -163,7 +208,7 @@ impl SegmentIo for Mapped {
     }
 
     unsafe fn slice(&self, off: usize, len: usize) -> io::Result<Option<&[u8]>> {
-        self.prefetch(off, len);
+        self.prefetch_read(off, len);
         // The kernel copies the lent bytes into the reply inside writev(2) on /dev/fuse, where
         // a page it cannot read is EFAULT: the client gets an error but the store would never
         // learn of it. So every page is touched here first, under the guard: a bad page fails
@@ -195,5 +240,51 @@ impl SegmentIo for Mapped {
         // SAFETY: the mapping is live for `len` bytes; `vec` has one byte per page of it.
         let rc = unsafe { libc::mincore(self.map.as_mut_ptr().cast(), self.len, vec.as_mut_ptr()) };
         (rc == 0).then(|| vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of `f` in `from..to` in the page cache, read in or on their way (cachestat: a
+    /// page whose read-ahead was started counts at once, so nothing here waits for the disk).
+    fn cached(f: &File, from: usize, to: usize) -> u64 {
+        crate::store::inspect::cachestat(f, from as u64, (to - from) as u64).expect("cachestat (Linux 6.5)").nr_cache
+    }
+
+    #[test]
+    fn a_stream_of_reads_is_read_ahead_and_a_jump_is_not() {
+        const MIB: usize = 1 << 20;
+        let len = 32 * MIB;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000.seg");
+        let file = Arc::new(File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap());
+        file.write_all_at(&vec![1u8; len], 0).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: a plain syscall on our own file; the pages are clean, so they are dropped.
+        assert_eq!(unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+        if cached(&file, 0, len) > 0 {
+            eprintln!("skipped: this filesystem keeps the pages cached after POSIX_FADV_DONTNEED");
+            return;
+        }
+        let t = Tuning::default();
+        assert_eq!(t.advice, Advice::Random, "the default advice prefetches");
+        let io = super::super::Engine::open(&Engine::new(&t), SegmentFile { file: &file, path: &path, index: 0, len })
+            .unwrap();
+        let mut buf = vec![0u8; MIB];
+        let pages = |n: usize| (n / PAGE) as u64;
+        // The first read of a stream reads its own range only.
+        io.read_at(0, &mut buf).unwrap();
+        assert_eq!((cached(&file, 0, MIB), cached(&file, MIB, len)), (pages(MIB), 0));
+        // Its continuation reads READ_AHEAD beyond itself, and no further.
+        io.read_at(MIB, &mut buf).unwrap();
+        let ahead = 2 * MIB + READ_AHEAD;
+        assert_eq!((cached(&file, 0, ahead), cached(&file, ahead, len)), (pages(ahead), 0), "read ahead");
+        // A read elsewhere is no stream: only its own pages.
+        io.read_at(20 * MIB, &mut buf).unwrap();
+        assert_eq!(cached(&file, 20 * MIB, 21 * MIB), pages(MIB));
+        assert_eq!(cached(&file, 21 * MIB, len), 0, "a jump reads nothing ahead");
+        assert!(buf.iter().all(|&b| b == 1));
     }
 }
