@@ -29,7 +29,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Largest FUSE WRITE request, 4K..16M; the same as -o max_write=SIZE (which wins if
-    /// both are given)
+    /// both are given). Above 1M, root raises the machine-wide fs.fuse.max_pages_limit to
+    /// match (never lowers it)
     #[arg(long, value_name = "SIZE", default_value_t = Size(FsConfig::default().max_write as u64))]
     max_write: Size,
     /// Segment size for a store created by this mount

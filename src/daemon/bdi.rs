@@ -32,6 +32,35 @@ pub fn dir_of(mnt: &Path, source: &str) -> Option<PathBuf> {
     Some(Path::new("/sys/class/bdi").join(m.device))
 }
 
+/// The machine-wide cap on a FUSE request, in pages (Linux 6.13+; before, a fixed 256).
+const MAX_PAGES_LIMIT: &str = "/proc/sys/fs/fuse/max_pages_limit";
+
+/// Lets this mount's requests carry `max_write` bytes: the kernel caps every FUSE connection
+/// at `fs.fuse.max_pages_limit` pages, read when the connection is made, so this runs before
+/// the mount. The setting is machine-wide, so the daemon only ever raises it and leaves it
+/// raised: a raised cap changes nothing for a mount that asks for less (each daemon still
+/// chooses its own request size at INIT), and lowering it again could shrink the requests of a
+/// daemon that mounts at the same moment.
+pub fn allow_requests_of(max_write: u32) {
+    let want = u64::from(max_write).div_ceil(4096);
+    let Some(limit) = std::fs::read_to_string(MAX_PAGES_LIMIT).ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+        if want > 256 {
+            log::info!("FUSE requests stay at 1 MiB: this kernel has no {MAX_PAGES_LIMIT}");
+        }
+        return;
+    };
+    if want <= limit {
+        return;
+    }
+    match std::fs::write(MAX_PAGES_LIMIT, want.to_string()) {
+        Ok(()) => log::info!("raised {MAX_PAGES_LIMIT} from {limit} to {want} pages for max_write={max_write}"),
+        Err(e) => log::info!(
+            "FUSE requests stay at {} KiB (max_write={max_write} asks for more): cannot raise {MAX_PAGES_LIMIT}: {e}",
+            limit * 4
+        ),
+    }
+}
+
 /// The largest share of the machine's dirty threshold the mount may hold when the daemon is
 /// not an I/O flusher: the rest always belongs to devices whose writeback does not need the
 /// daemon, so a daemon throttled behind the global limit is released as they write back.

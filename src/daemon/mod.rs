@@ -48,6 +48,7 @@ pub fn mount(cfg: &MountConfig) -> Result<(), String> {
     let signals = threads::shutdown_signals();
     signals.thread_block().map_err(|e| format!("blocking the shutdown signals: {e}"))?;
 
+    bdi::allow_requests_of(cfg.fs.max_write);
     let store = Arc::new(Store::open(&store_dir, cfg.store_opts).map_err(|e| format!("{}: {e}", store_dir.display()))?);
     let counters = Arc::new(Stats::default());
     let mut session = start_session(&cfg, &store, &mnt, &counters)?;

@@ -1,5 +1,6 @@
-//! The mount's dirty-page limit: what a daemon running as root sets (its bdi's limits, the
-//! I/O flusher mark), what `mmapfs stats` shows, and that neither the relaxed limit nor the
+//! The kernel's limits for a mount: what a daemon running as root sets (its bdi's dirty limit
+//! and read-ahead, the I/O flusher mark, the size of FUSE requests), what `mmapfs stats`
+//! shows, and that neither the relaxed dirty limit nor the
 //! kernel's stalls a client, loses a store or calls the OOM killer under memory pressure: a
 //! client in a 256 MiB memory cgroup storing into a mapping three times that size, and the
 //! machine's dirty threshold reached while clients store and the daemon checkpoints.
@@ -111,6 +112,32 @@ fn root_sets_the_mounts_dirty_limit_and_read_ahead_and_stats_show_them() {
     let m = Mounted::new(&["-o", "dirty_limit=100%"]);
     let want = if flusher { 100 } else { 50 };
     assert_eq!(limits(&m)["max_ratio"], want);
+}
+
+#[test]
+fn root_raises_the_request_cap_for_a_larger_max_write() {
+    const LIMIT: &str = "/proc/sys/fs/fuse/max_pages_limit";
+    if !root() || !Path::new(LIMIT).exists() {
+        eprintln!("skipped: needs root and {LIMIT} (Linux 6.13)");
+        return;
+    }
+    let _alone = alone();
+    // Start from the kernel's default, and leave the machine as it was.
+    let _restore = Restore::set(&[(LIMIT, Some("256".into()))]);
+    let m = Mounted::new(&["-o", "max_write=4M"]);
+    assert_eq!(std::fs::read_to_string(LIMIT).unwrap().trim(), "1024");
+    assert!(m.log().contains("raised /proc/sys/fs/fuse/max_pages_limit from 256 to 1024"), "{}", m.log());
+    // One 16 MiB write(2) is four WRITE requests of 4 MiB.
+    let f = std::fs::File::create(m.path("big")).unwrap();
+    f.write_all_at(&vec![5u8; 16 << 20], 0).unwrap();
+    let s = fresh_stats(&m.store);
+    let w = s["ops"].as_array().unwrap().iter().find(|o| o["op"] == "write").unwrap();
+    assert_eq!((w["count"].as_u64(), w["bytes"].as_u64()), (Some(4), Some(16 << 20)), "{w}");
+    drop(m);
+    // A mount that asks for less leaves the cap alone.
+    std::fs::write(LIMIT, "512").unwrap();
+    let _m = Mounted::new(&["-o", "max_write=1M"]);
+    assert_eq!(std::fs::read_to_string(LIMIT).unwrap().trim(), "512");
 }
 
 /// Machine-wide settings, restored when dropped (the last remembered first).
