@@ -5,8 +5,10 @@
 #   sudo scripts/bench.sh            # SIZE=1G FILES=20000 RUNS=3 RUNTIME=10 by default
 #
 # Rows: sequential 1 MiB write of SIZE with a final fsync, sequential 1 MiB read (cold: page
-# caches dropped; warm: cached), random 4 KiB reads (warm, psync), random 4 KiB stores through
-# a shared mapping with one msync at the end (fio's mmap engine), fsx's mixed workload (read,
+# caches dropped, mmapfs remounted first so its daemon maps nothing, and the row below it says
+# how much of the file was still cached when the read began; warm: cached), random 4 KiB
+# reads (warm, psync), random 4 KiB stores for RUNTIME seconds through a shared mapping of
+# MAP_SIZE, pre-read, with one msync at the end (fio's mmap engine), fsx's mixed workload (read,
 # write, mapped read, mapped write + msync, truncate: `mmapfs-coherence fsx-timed`, 100,000
 # operations, seconds), and create / stat / unlink of FILES files (fio's filecreate/filestat/
 # filedelete engines, 10 jobs of FILES/10 files each). Each cell is the median of RUNS runs;
@@ -15,6 +17,7 @@
 set -euo pipefail
 
 SIZE=${SIZE:-1G}
+MAP_SIZE=${MAP_SIZE:-512M}
 FILES=${FILES:-20000}
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-10}
@@ -41,9 +44,18 @@ PEER_PID=$!
 wait_mounted "$WORK/passthrough_hp" "$PEER_PID" 10 || { cat "$WORK/peer.log"; exit 1; }
 trap 'unmount_quietly "$WORK/passthrough_hp"; bench_cleanup' EXIT
 EXT_FS=$(stat -f -c %T "$WORK/ext4")
-"$BIN" mount --store "$WORK/store" "$WORK/mmapfs" >"$WORK/daemon.log" 2>&1 &
-DAEMON=$!
-wait_mounted "$WORK/mmapfs" "$DAEMON" 10 || { cat "$WORK/daemon.log"; exit 1; }
+DEVICE=$(findmnt -n -o SOURCE -T "$WORK/ext4")
+mount_mmapfs() {
+    "$BIN" mount --store "$WORK/store" "$WORK/mmapfs" >>"$WORK/daemon.log" 2>&1 &
+    DAEMON=$!
+    wait_mounted "$WORK/mmapfs" "$DAEMON" 10 || { cat "$WORK/daemon.log"; exit 1; }
+}
+remount_mmapfs() {
+    umount "$WORK/mmapfs"
+    wait "$DAEMON"
+    mount_mmapfs
+}
+mount_mmapfs
 
 TARGETS=(tmpfs ext4 mmapfs passthrough_hp)
 RESULTS=$WORK/results.tsv
@@ -63,6 +75,17 @@ print(round(j["bw"] / 1024, 1) if sys.argv[2] == "bw" else round(j["iops"]))' "$
 }
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# cached_mib FILE…: MiB of the files in the page cache (fincore)
+cached_mib() { fincore -b -n -o RES "$@" 2>/dev/null | awk '{s += $1} END {printf "%.1f", s / 1048576}'; }
+# where_cached TARGET: the files whose page cache a cold read of TARGET's file must not find
+where_cached() {
+    case $1 in
+        tmpfs) echo "$WORK/tmpfs/seq" ;;
+        ext4) echo "$WORK/ext4/seq" ;;
+        passthrough_hp) echo "$WORK/ext4/.pt/seq" "$WORK/passthrough_hp/seq" ;;
+        mmapfs) echo "$WORK/mmapfs/seq" "$WORK"/store/segments/* ;;
+    esac
+}
 progress() { printf '\r%-70s' "$*" >&2; }
 
 # Warm-up: on a VM, the first touch of guest memory is slow; touch it once before measuring.
@@ -77,9 +100,13 @@ for run in $(seq "$RUNS"); do
         v=$(fio_json "$d" --name=seqw --rw=write --bs=1M --size="$SIZE" --end_fsync=1 --filename=seq | metric write bw)
         record "seq write 1M + fsync (MiB/s)" "$t" "$v"
         progress "run $run/$RUNS: $t: sequential read, cold"
+        [ "$t" = mmapfs ] && remount_mmapfs
         drop_caches
+        # shellcheck disable=SC2046
+        cached=$(cached_mib $(where_cached "$t"))
         v=$(fio_json "$d" --name=seqr --rw=read --bs=1M --size="$SIZE" --filename=seq | metric read bw)
         record "seq read 1M cold (MiB/s)" "$t" "$v"
+        record "  cached when it began (MiB)" "$t" "$cached"
         progress "run $run/$RUNS: $t: sequential read, warm"
         v=$(fio_json "$d" --name=seqr --rw=read --bs=1M --size="$SIZE" --invalidate=0 --filename=seq | metric read bw)
         record "seq read 1M warm (MiB/s)" "$t" "$v"
@@ -88,7 +115,8 @@ for run in $(seq "$RUNS"); do
         record "rand read 4k warm (IOPS)" "$t" "$v"
         rm -f "$d/seq"
         progress "run $run/$RUNS: $t: random 4 KiB stores through a mapping"
-        v=$(fio_json "$d" --name=mapw --rw=randwrite --bs=4k --size="$SIZE" --ioengine=mmap --end_fsync=1 --filename=map | metric write iops)
+        v=$(fio_json "$d" --name=mapw --rw=randwrite --bs=4k --size="$MAP_SIZE" --ioengine=mmap --invalidate=0 \
+            --pre_read=1 --time_based --runtime="$RUNTIME" --end_fsync=1 --filename=map | metric write iops)
         record "mmap rand 4k stores + msync (IOPS)" "$t" "$v"
         rm -f "$d/map"
         progress "run $run/$RUNS: $t: fsx mix"
@@ -105,10 +133,13 @@ for run in $(seq "$RUNS"); do
         rm -rf "$d/meta"
     done
 done
+progress "the raw device: sequential 1 MiB reads with O_DIRECT"
+RAW=$(fio --output-format=json --name=raw --filename="$DEVICE" --readonly --direct=1 --rw=read --bs=1M --size="$SIZE" \
+    --offset=1G 2>/dev/null | metric read bw)
 progress ""
 printf '\r' >&2
 
-python3 - "$RESULTS" "$EXT_FS" "$SIZE" "$RUNS" <<'PY'
+python3 - "$RESULTS" "$EXT_FS" "$SIZE" "$RUNS" "$DEVICE" "$RAW" "$MAP_SIZE" <<'PY'
 import sys, statistics, collections, platform
 rows = collections.OrderedDict()
 for line in open(sys.argv[1]):
@@ -116,7 +147,8 @@ for line in open(sys.argv[1]):
     rows.setdefault(name, collections.defaultdict(list))[target].append(float(value))
 print(f"mmapfs benchmark — {platform.node()}, kernel {platform.release()}, file {sys.argv[3]}, "
       f"median of {sys.argv[4]} runs; 'ext4' is a directory on {sys.argv[2]}, the mmapfs store and "
-      f"passthrough_hp's directory are there too")
+      f"passthrough_hp's directory are there too; mapped stores into {sys.argv[7]}")
+print(f"the raw device {sys.argv[5]}: sequential 1 MiB reads with O_DIRECT at {sys.argv[6]} MiB/s")
 targets = ("tmpfs", "ext4", "passthrough_hp", "mmapfs")
 print(f"{'':36}" + "".join(f"{t:>15}" for t in targets) + "".join(f"{'÷' + t:>10}" for t in ("ext4", "pt_hp")))
 for name, by in rows.items():
