@@ -19,75 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{Mounted, errno_of, sh};
-
-/// ext4 on a loop device over `mmapfs-faultdev`'s disk; all of it taken down on drop.
-struct FaultyDisk {
-    _tmp: tempfile::TempDir,
-    dev: Child,
-    dev_mnt: PathBuf,
-    loopdev: Option<String>,
-    ext4: PathBuf,
-}
-
-impl FaultyDisk {
-    fn new() -> FaultyDisk {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for loop devices (CI runs as root)");
-        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let backing = tmp.path().join("backing");
-        fs::File::create(&backing).unwrap().set_len(256 << 20).unwrap();
-        let (dev_mnt, ext4) = (tmp.path().join("dev"), tmp.path().join("ext4"));
-        fs::create_dir_all(&dev_mnt).unwrap();
-        fs::create_dir_all(&ext4).unwrap();
-        let log = fs::File::create(tmp.path().join("faultdev.log")).unwrap();
-        let mut dev = Command::new(env!("CARGO_BIN_EXE_mmapfs-faultdev"))
-            .arg(&backing)
-            .arg(&dev_mnt)
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let dev_mnt = mmapfs::testing::wait_mounted(&dev_mnt, &mut dev, Duration::from_secs(20)).unwrap();
-        let mut d = FaultyDisk { _tmp: tmp, dev, dev_mnt, loopdev: None, ext4 };
-        let loopdev = sh("losetup", &["--find", "--show", d.dev_mnt.join("disk").to_str().unwrap()]);
-        d.loopdev = Some(loopdev.clone());
-        sh("mkfs.ext4", &["-q", "-F", "-b", "4096", &loopdev]);
-        sh("mount", &["-o", "errors=continue", &loopdev, d.ext4.to_str().unwrap()]);
-        d
-    }
-
-    fn ctl(&self, cmd: &str) {
-        fs::write(self.dev_mnt.join("ctl"), format!("{cmd}\n")).unwrap();
-    }
-
-    /// Fails reads (or writes) of the device page holding byte `at` of `file` (on the ext4).
-    fn fail_at(&self, what: &str, file: &Path, at: u64) {
-        let f = fs::File::open(file).unwrap();
-        let e = mmapfs::store::fiemap::extents(&f)
-            .unwrap()
-            .into_iter()
-            .find(|e| e.logical <= at && at < e.logical + e.length)
-            .unwrap_or_else(|| panic!("{at} is in no extent of {}", file.display()));
-        let phys = (e.physical + (at - e.logical)) / 4096 * 4096;
-        self.ctl(&format!("fail-{what} {phys} 4096"));
-    }
-}
-
-impl Drop for FaultyDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.ext4).status();
-        if let Some(l) = &self.loopdev {
-            let _ = Command::new("losetup").args(["-d", l]).status();
-        }
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.dev.id() as i32, libc::SIGTERM) };
-        if common::wait_timeout(&mut self.dev, Duration::from_secs(20)).is_none() {
-            let _ = self.dev.kill();
-            let _ = self.dev.wait();
-        }
-        common::lazy_umount(&self.dev_mnt);
-    }
-}
+use common::disk::FaultyDisk;
+use common::{Mounted, errno_of};
 
 /// The segment file and offset where byte `at` of the mounted file `name` lives.
 fn placed(m: &Mounted, name: &str, at: u64) -> (PathBuf, u64) {
@@ -217,9 +150,14 @@ fn the_test_device_models_a_volatile_write_cache() {
         disk.read_exact_at(&mut b, at).unwrap();
         b
     };
+    let flushes = || {
+        fs::read_to_string(mnt.join("ctl")).unwrap().trim().strip_prefix("flushes ").unwrap().parse::<u64>().unwrap()
+    };
     ctl("cache on");
     disk.write_all_at(b"flush", 4096).unwrap();
+    let before = flushes();
     disk.sync_all().unwrap();
+    assert_eq!(flushes(), before + 1, "an fsync of the disk is one flush, and ctl counts it");
     disk.write_all_at(b"held!", 8190).unwrap(); // across a page boundary
     assert_eq!(&read(8190), b"held!", "reads see held writes");
     assert_eq!(fs::read(&backing).unwrap()[8190..8195], [0; 5], "held, not written");
@@ -234,6 +172,13 @@ fn the_test_device_models_a_volatile_write_cache() {
     assert!(disk.read_exact_at(&mut [0u8; 1], 4096).is_ok());
     ctl("heal");
     assert!(disk.read_exact_at(&mut [0u8; 1], 4095).is_ok());
+    // Power off: the held writes are lost and later writes and flushes reach nothing.
+    disk.write_all_at(b"held!", 12288).unwrap();
+    ctl("power off");
+    disk.write_all_at(b"later", 16384).unwrap();
+    disk.sync_all().unwrap();
+    ctl("power on");
+    assert_eq!((read(12288), read(16384)), ([0; 5], [0; 5]), "nothing while the power was off");
     ctl("cache off");
     assert_eq!(fs::read(&backing).unwrap()[4096..4101], *b"flush");
 }

@@ -1,7 +1,9 @@
 //! What fsync promises reaches the device. The store lives on an ext4 filesystem on a loop
 //! device; right after an fsync returns, the loop device's backing file — exactly what reached
 //! the "device" — is copied, and that image is then mounted (ext4 replays its journal, as after
-//! a power cut), checked with `mmapfs fsck` and served by mmapfs to read the file back.
+//! a power cut), checked with `mmapfs fsck` and served by mmapfs to read the file back. The
+//! last test goes further: a device with a volatile write cache (`mmapfs-faultdev`) loses
+//! every write no flush covered.
 //! Needs root (loop devices, mount); CI runs as root.
 
 mod common;
@@ -124,4 +126,84 @@ fn fallocated_blocks_read_zero_after_a_power_cut() {
     assert_eq!(got.len(), 8 << 20);
     let leaked = got.iter().filter(|&&b| b != 0).count();
     assert_eq!(leaked, 0, "{leaked} bytes of the deleted file show through after the power cut");
+}
+
+/// Page `p` of version `v` of a file: bytes that tell both apart.
+fn page_of(v: u8, p: usize) -> Vec<u8> {
+    vec![v.wrapping_mul(31).wrapping_add(p as u8) | 1; 4096]
+}
+
+fn pages_of(v: u8, range: std::ops::Range<usize>) -> Vec<u8> {
+    range.flat_map(|p| page_of(v, p)).collect()
+}
+
+/// A device that loses what was not flushed. Unlike a copy of the loop device's backing
+/// file, which holds every write that reached the loop driver, `mmapfs-faultdev` with its
+/// volatile cache keeps only what a flush made durable, so this proves that each fsync's
+/// data was on the device before the flush that acknowledged it: an overwrite of blocks
+/// written before (which needs no metadata of the host), a new file, and stores through a
+/// mapping with msync. Writes never synced may be lost, but never in parts of a page.
+#[test]
+fn what_fsync_acknowledged_survives_a_device_that_loses_unflushed_writes() {
+    if !root() {
+        eprintln!("skipped: needs root for loop devices");
+        return;
+    }
+    let mut disk = common::disk::FaultyDisk::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, mnt) = (disk.ext4.join("store"), tmp.path().join("mnt"));
+    let mut m = Mounted::at(store.clone(), mnt.clone(), &["--segment-size", "4M"]).unwrap();
+    let open = |name: &str| fs::OpenOptions::new().read(true).write(true).create(true).open(m.path(name)).unwrap();
+    use std::os::unix::fs::FileExt;
+    // 256 pages, written and fsynced before the cache turns volatile: their blocks exist.
+    let a = open("a");
+    a.write_all_at(&pages_of(1, 0..256), 0).unwrap();
+    a.sync_all().unwrap();
+    disk.ctl("cache on");
+    let mut flushes = Vec::new();
+    let mut counted = |what: &str, f: &dyn Fn()| {
+        let before = disk.flushes();
+        f();
+        flushes.push(format!("{what}: {}", disk.flushes() - before));
+    };
+    counted("overwrite + fsync", &|| {
+        a.write_all_at(&pages_of(2, 0..64), 0).unwrap();
+        a.sync_all().unwrap();
+    });
+    counted("new file + fsync", &|| {
+        let c = open("c");
+        c.write_all_at(&pages_of(3, 0..128), 0).unwrap();
+        c.sync_all().unwrap();
+    });
+    counted("mapped stores + msync", &|| {
+        let map = mmapfs::testing::Mapping::new(&a, 256 * 4096, true).unwrap();
+        map.copy_in(128 * 4096, &pages_of(4, 128..192));
+        map.msync().unwrap();
+    });
+    // Never synced: may be lost.
+    a.write_all_at(&pages_of(5, 192..256), 192 * 4096).unwrap();
+    eprintln!("device flushes: {}", flushes.join(", "));
+    disk.ctl("power off");
+    m.kill9();
+    drop(a);
+    disk.replug();
+    let mut m = Mounted::at(store.clone(), mnt, &[]).unwrap();
+    let got = fs::read(m.path("a")).unwrap();
+    assert_eq!(got.len(), 256 * 4096);
+    let page = |p: usize| &got[p * 4096..(p + 1) * 4096];
+    for p in 0..192 {
+        let v = match p {
+            0..64 => 2,
+            64..128 => 1,
+            _ => 4,
+        };
+        assert!(page(p) == page_of(v, p), "a: page {p} is not version {v}, which was fsynced");
+    }
+    for p in 192..256 {
+        assert!(page(p) == page_of(1, p) || page(p) == page_of(5, p), "a: page {p} is neither the old nor the new");
+    }
+    assert!(fs::read(m.path("c")).unwrap() == pages_of(3, 0..128), "c differs from what was fsynced");
+    m.stop();
+    let (code, out) = common::fsck(&store);
+    assert_eq!(code, 0, "{out}");
 }

@@ -9,6 +9,12 @@
 //!   them) until a flush (`fsync` of `disk`, which the loop driver sends for a flush request)
 //!   writes them to BACKING; `cache off` flushes;
 //! - `powercut`: the held writes are lost, as a disk's cache is on a power cut.
+//! - `power off`: a power cut that lasts: the held writes are lost and every later write and
+//!   flush does nothing (and succeeds), so the filesystem above can be unmounted without
+//!   anything reaching the disk; `power on` ends it (the cache stays as it was set).
+//!
+//! Reading `ctl` tells `flushes N`: the flushes (fsyncs of `disk`) so far, to count the
+//! device cache flushes an operation on the filesystem above costs.
 //!
 //! `disk` is opened with `FOPEN_DIRECT_IO`, so every I/O of the loop device reaches this
 //! process. Serves in the foreground until unmounted or SIGTERM.
@@ -38,6 +44,10 @@ struct State {
     fail_write: Vec<(u64, u64)>,
     /// Held writes by page, when the volatile cache is on.
     cache: Option<BTreeMap<u64, Vec<u8>>>,
+    /// Flushes (fsyncs of `disk`) so far.
+    flushes: u64,
+    /// `power off`: writes and flushes do nothing.
+    off: bool,
 }
 
 struct FaultDev {
@@ -59,7 +69,7 @@ impl FaultDev {
         let (kind, perm, size) = match ino {
             ROOT => (FileType::Directory, 0o755, 0),
             DISK => (FileType::RegularFile, 0o600, self.size),
-            _ => (FileType::RegularFile, 0o600, 0),
+            _ => (FileType::RegularFile, 0o600, PAGE),
         };
         FileAttr {
             ino: INodeNo(ino),
@@ -119,6 +129,13 @@ impl FaultDev {
                     c.clear();
                 }
             }
+            Some("power") if w.get(1) == Some(&"off") => {
+                if let Some(c) = &mut st.cache {
+                    c.clear();
+                }
+                st.off = true;
+            }
+            Some("power") if w.get(1) == Some(&"on") => st.off = false,
             Some(_) => return Err(format!("unknown command {line:?}")),
         }
         eprintln!("faultdev: {line}");
@@ -154,6 +171,9 @@ impl FaultDev {
         if overlaps(&st.fail_write, off, len) {
             eprintln!("faultdev: write {off}+{len}: EIO");
             return Err(Errno::EIO);
+        }
+        if st.off {
+            return Ok(());
         }
         if st.cache.is_none() {
             return self.backing.write_all_at(data, off).map_err(|_| Errno::EIO);
@@ -233,6 +253,7 @@ impl Filesystem for FaultDev {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(e),
             },
+            CTL if offset == 0 => reply.data(format!("flushes {}\n", self.state().flushes).as_bytes()),
             _ => reply.data(&[]),
         }
     }
@@ -265,6 +286,10 @@ impl Filesystem for FaultDev {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let mut st = self.state();
+        st.flushes += 1;
+        if st.off {
+            return reply.ok();
+        }
         match self.flush(&mut st) {
             Ok(()) => reply.ok(),
             Err(_) => reply.error(Errno::EIO),
