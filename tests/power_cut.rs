@@ -153,7 +153,9 @@ fn what_fsync_acknowledged_survives_a_device_that_loses_unflushed_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, mnt) = (disk.ext4.join("store"), tmp.path().join("mnt"));
     let mut m = Mounted::at(store.clone(), mnt.clone(), &["--segment-size", "4M"]).unwrap();
-    let open = |name: &str| fs::OpenOptions::new().read(true).write(true).create(true).open(m.path(name)).unwrap();
+    let open = |name: &str| {
+        fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path(name)).unwrap()
+    };
     use std::os::unix::fs::FileExt;
     // 256 pages, written and fsynced before the cache turns volatile: their blocks exist.
     let a = open("a");
