@@ -11,6 +11,11 @@ use std::os::unix::io::AsRawFd;
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
 /// `fe_flags`: the file's last extent.
 const FIEMAP_EXTENT_LAST: u32 = 0x1;
+/// `fe_flags` that say the extent's blocks are not plainly written in place: location not
+/// known yet (UNKNOWN 0x2, DELALLOC 0x4), encoded or inline (0x8, 0x100, 0x200), unwritten
+/// (0x800, preallocated: the first write converts it, a metadata change) or shared with another
+/// file (0x2000: a write copies it).
+const NOT_WRITTEN: u32 = 0x2 | 0x4 | 0x8 | 0x100 | 0x200 | 0x800 | 0x2000;
 /// Extents asked for per call.
 const BATCH: usize = 128;
 
@@ -66,7 +71,7 @@ pub fn extents(file: &File) -> io::Result<Vec<Placed>> {
         }
         let got = &req.extents[..(req.mapped_extents as usize).min(BATCH)];
         for e in got {
-            out.push(Placed { logical: e.logical, physical: e.physical, length: e.length });
+            out.push(Placed { logical: e.logical, physical: e.physical, length: e.length, flags: e.flags });
         }
         match got.last() {
             Some(e) if e.flags & FIEMAP_EXTENT_LAST == 0 && e.length > 0 => at = e.logical + e.length,
@@ -81,6 +86,16 @@ pub struct Placed {
     pub logical: u64,
     pub physical: u64,
     pub length: u64,
+    /// `fe_flags` (linux/fiemap.h).
+    pub flags: u32,
+}
+
+impl Placed {
+    /// True if the extent's blocks are written and overwritten in place: a write there
+    /// changes no metadata of the host filesystem.
+    pub fn written(&self) -> bool {
+        self.flags & NOT_WRITTEN == 0
+    }
 }
 
 /// Bytes of `ranges` (sorted `(offset, length)`) that lie inside `within` (sorted, disjoint).

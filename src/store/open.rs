@@ -222,6 +222,13 @@ impl Store {
                 }
             }
         }
+        // What the host has committed as written needs no metadata commit at the next fsync
+        // (one device flush: the journal's); everything of the store is committed by now.
+        let batch_sync = batch_sync_safe(dir);
+        if batch_sync {
+            let settled: u64 = segments.iter().filter_map(|s| s.get()).map(Segment::settle_written).sum();
+            log::debug!("{} MiB of the segments written on the host: settled", settled >> 20);
+        }
         let store = Store {
             dir: dir.to_path_buf(),
             sb,
@@ -238,7 +245,7 @@ impl Store {
             next_ino: AtomicU64::new(next_ino),
             journal_limit: opts.journal_limit,
             sync_policy: opts.sync,
-            batch_sync: batch_sync_safe(dir),
+            batch_sync,
             failed: AtomicBool::new(false),
             punches: AtomicU64::new(0),
             reclaimed_at: AtomicU64::new(u64::MAX),

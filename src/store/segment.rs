@@ -23,10 +23,11 @@ pub(crate) struct Segment {
     file: Arc<File>,
     io: Box<dyn SegmentIo>,
     len: usize,
-    /// One bit per 4 KiB: written on disk, and that allocation committed, since this mount
-    /// (see `Store::fsync`). Starts clear: nothing is assumed about a store just opened. A
-    /// settled block stays written until [`Segment::punch`] gives it back, which clears it
-    /// (and `Store::fsync` marks nothing settled across a punch, see `Store::punches`).
+    /// One bit per 4 KiB: written on disk, and that allocation committed (see
+    /// `Store::fsync`). Starts clear; the mount marks what FIEMAP calls written once the host
+    /// has committed it ([`Segment::settle_written`]), and fsync what it commits. A settled
+    /// block stays written until [`Segment::punch`] gives it back, which clears it (and
+    /// `Store::fsync` marks nothing settled across a punch, see `Store::punches`).
     settled: Box<[AtomicU64]>,
 }
 
@@ -176,6 +177,23 @@ impl Segment {
     pub(crate) fn settled(&self, off: usize, len: usize) -> bool {
         self.check(off, len);
         units(off, len).all(|u| self.settled[u / 64].load(Ordering::Acquire) & (1 << (u % 64)) != 0)
+    }
+
+    /// Marks settled every block the host says is written in place (FIEMAP), for a mount
+    /// whose host filesystem has committed everything of this file (a clean close synced it,
+    /// or the mount's syncfs did). Returns the bytes marked; a host without FIEMAP marks none.
+    pub(crate) fn settle_written(&self) -> u64 {
+        let Ok(extents) = super::fiemap::extents(&self.file) else { return 0 };
+        let mut marked = 0;
+        for e in extents.iter().filter(|e| e.written()) {
+            let start = (e.logical as usize).div_ceil(PAGE) * PAGE;
+            let end = ((e.logical + e.length) as usize).min(self.len) / PAGE * PAGE;
+            if end > start {
+                self.mark_settled(start, end - start);
+                marked += (end - start) as u64;
+            }
+        }
+        marked
     }
 
     /// Records that `off..off+len` was written and committed by a `sync_range` of this file.

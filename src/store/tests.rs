@@ -63,6 +63,34 @@ fn fsync_msyncs_exactly_the_files_dirty_ranges() {
     assert!(s.read(b, 98 * 4096, 7, |d| d == b"settled").unwrap());
 }
 
+/// Blocks written and committed before a remount are settled after it (FIEMAP): their
+/// overwrite needs no msync, only the journal's flush. Blocks still unwritten are not.
+#[test]
+fn blocks_written_before_a_remount_stay_settled() {
+    let d = tempfile::tempdir().unwrap();
+    let o = opts(1 << 20, 8 << 20);
+    let a = {
+        let s = Store::open(d.path(), o).unwrap();
+        let a = file(&s, ROOT, "a");
+        s.write(a, 0, &vec![1u8; 8 * 4096]).unwrap();
+        s.fsync(a).unwrap();
+        s.close().unwrap();
+        a
+    };
+    let s = Store::open(d.path(), o).unwrap();
+    assert!(s.batch_sync, "the test directory is expected on ext4 or XFS");
+    let c = &s.counters;
+    let calls = c.msync_calls.load(Ordering::Relaxed);
+    s.write(a, 4096 + 3, b"again").unwrap();
+    s.fsync(a).unwrap();
+    assert_eq!(c.msync_calls.load(Ordering::Relaxed), calls, "an overwrite of blocks written before the remount");
+    // Growing into blocks the segment has only reserved (unwritten) still commits them.
+    s.write(a, 8 * 4096, &vec![2u8; 4096]).unwrap();
+    s.fsync(a).unwrap();
+    assert_eq!(c.msync_calls.load(Ordering::Relaxed), calls + 1, "new blocks");
+    assert!(s.read(a, 4096, 8, |b| b == b"\x01\x01\x01again").unwrap());
+}
+
 #[test]
 fn pread_backend_store() {
     let d = tempfile::tempdir().unwrap();
