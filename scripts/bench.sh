@@ -168,4 +168,10 @@ for name, by in rows.items():
     cells = "".join(f"{med.get(t, 0):>15,.2f}" if med.get(t, 0) < 100 else f"{med.get(t, 0):>15,.0f}" for t in targets)
     r = lambda t: f"{med['mmapfs'] / med[t]:>10.2f}" if med.get(t) else f"{'-':>10}"
     print(f"{name:36}{cells}{r('ext4')}{r('passthrough_hp')}")
+print("\nspread over the runs (min–max):")
+for name, by in rows.items():
+    def span(v):
+        v = [x for x in v if x == x]
+        return f"{min(v):,.0f}–{max(v):,.0f}" if v and max(v) >= 100 else (f"{min(v):.2f}–{max(v):.2f}" if v else "-")
+    print(f"{name:36}" + "".join(f"{span(by.get(t, [])):>15}" for t in targets))
 PY
