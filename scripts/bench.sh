@@ -39,7 +39,8 @@ PEER=$("$ROOT/scripts/peers.sh")
 COHERENCE=$ROOT/target/release/mmapfs-coherence
 mkdir -p "$WORK/tmpfs" "$WORK/ext4" "$WORK/mmapfs" "$WORK/passthrough_hp" "$WORK/ext4/.pt"
 mount -t tmpfs -o size=8G tmpfs "$WORK/tmpfs"
-"$PEER" --foreground "$WORK/ext4/.pt" "$WORK/passthrough_hp" >"$WORK/peer.log" 2>&1 &
+# passthrough_hp keeps a descriptor per inode it knows: the default 1024 runs out at FILES.
+(ulimit -n 1048576 && exec "$PEER" --foreground "$WORK/ext4/.pt" "$WORK/passthrough_hp") >"$WORK/peer.log" 2>&1 &
 PEER_PID=$!
 wait_mounted "$WORK/passthrough_hp" "$PEER_PID" 10 || { cat "$WORK/peer.log"; exit 1; }
 trap 'unmount_quietly "$WORK/passthrough_hp"; bench_cleanup' EXIT
@@ -65,7 +66,8 @@ RESULTS=$WORK/results.tsv
 fio_json() {
     local dir=$1
     shift
-    fio --directory="$dir" --output-format=json "$@" 2>/dev/null
+    # A failed job prints no JSON: metric then records nan and the run goes on.
+    fio --directory="$dir" --output-format=json "$@" 2>/dev/null || true
 }
 metric() { # metric read|write bw|iops  (bw in MiB/s; nan if fio failed: the run goes on)
     python3 -c '

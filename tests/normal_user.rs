@@ -28,6 +28,21 @@ impl Drop for DevFuseMode {
     }
 }
 
+/// The user's daemon and its mount, ended when the test ends, passed or failed.
+struct Daemon(std::process::Child, std::path::PathBuf);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+        if common::is_mounted(&self.1) {
+            common::lazy_umount(&self.1);
+        }
+    }
+}
+
 /// `cmd…` as uid/gid 1000 with HOME and XDG_DATA_HOME in `home`.
 fn as_user(home: &Path) -> Command {
     let mut c = Command::new("setpriv");
@@ -46,7 +61,7 @@ fn a_normal_user_mounts_and_unmounts_with_fusermount3() {
     std::os::unix::fs::chown(home.path(), Some(1000), Some(1000)).unwrap();
     std::os::unix::fs::chown(&mnt, Some(1000), Some(1000)).unwrap();
     let log = fs::File::create(home.path().join("daemon.log")).unwrap();
-    let mut daemon = as_user(home.path())
+    let child = as_user(home.path())
         .arg(common::BIN)
         .arg("mount")
         .arg(&mnt)
@@ -54,7 +69,8 @@ fn a_normal_user_mounts_and_unmounts_with_fusermount3() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let mounted = mmapfs::testing::wait_mounted(&mnt, &mut daemon, Duration::from_secs(20));
+    let mut daemon = Daemon(child, mnt.clone());
+    let mounted = mmapfs::testing::wait_mounted(&mnt, &mut daemon.0, Duration::from_secs(20));
     let daemon_log = || fs::read_to_string(home.path().join("daemon.log")).unwrap_or_default();
     let mnt = mounted.unwrap_or_else(|e| panic!("{e}: {}", daemon_log()));
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -85,7 +101,7 @@ fn a_normal_user_mounts_and_unmounts_with_fusermount3() {
     assert_eq!(fs::metadata(store.join("superblock")).unwrap().uid(), 1000);
     let st = as_user(home.path()).args(["fusermount3", "-u"]).arg(&mnt).stdout(Stdio::null()).status().unwrap();
     assert!(st.success(), "fusermount3 -u");
-    let status = common::wait_timeout(&mut daemon, Duration::from_secs(20)).expect("the daemon did not exit");
+    let status = common::wait_timeout(&mut daemon.0, Duration::from_secs(20)).expect("the daemon did not exit");
     assert!(status.success(), "{status}: {}", daemon_log());
     assert!(!common::is_mounted(&mnt));
     assert!(!daemon_log().contains("WARN"), "{}", daemon_log());
