@@ -2,7 +2,7 @@
 # Side-by-side benchmark of mmapfs against tmpfs, ext4 and libfuse's passthrough_hp (the C
 # reference FUSE filesystem, built by scripts/peers.sh) on this machine, using fio.
 #
-#   sudo scripts/bench.sh            # SIZE=1G FILES=20000 RUNS=3 RUNTIME=10 by default
+#   sudo scripts/bench.sh            # SIZE=1G FILES=10000 RUNS=3 RUNTIME=10 by default
 #
 # Rows: sequential 1 MiB write of SIZE with a final fsync, sequential 1 MiB read (cold: page
 # caches dropped, mmapfs remounted first so its daemon maps nothing, and the row below it says
@@ -18,7 +18,8 @@ set -euo pipefail
 
 SIZE=${SIZE:-1G}
 MAP_SIZE=${MAP_SIZE:-512M}
-FILES=${FILES:-20000}
+# passthrough_hp holds a descriptor per file it knows: FILES stays below the descriptor limit.
+FILES=${FILES:-10000}
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,8 +40,8 @@ PEER=$("$ROOT/scripts/peers.sh")
 COHERENCE=$ROOT/target/release/mmapfs-coherence
 mkdir -p "$WORK/tmpfs" "$WORK/ext4" "$WORK/mmapfs" "$WORK/passthrough_hp" "$WORK/ext4/.pt"
 mount -t tmpfs -o size=8G tmpfs "$WORK/tmpfs"
-# passthrough_hp keeps a descriptor per inode it knows: the default 1024 runs out at FILES.
-(ulimit -n 1048576 && exec "$PEER" --foreground "$WORK/ext4/.pt" "$WORK/passthrough_hp") >"$WORK/peer.log" 2>&1 &
+# passthrough_hp keeps a descriptor per inode it knows: as many as the hard limit allows.
+(ulimit -n "$(ulimit -Hn)" && exec "$PEER" --foreground "$WORK/ext4/.pt" "$WORK/passthrough_hp") >"$WORK/peer.log" 2>&1 &
 PEER_PID=$!
 wait_mounted "$WORK/passthrough_hp" "$PEER_PID" 10 || { cat "$WORK/peer.log"; exit 1; }
 trap 'unmount_quietly "$WORK/passthrough_hp"; bench_cleanup' EXIT
