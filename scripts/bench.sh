@@ -139,11 +139,12 @@ for run in $(seq "$RUNS"); do
         rm -rf "$d/meta"
     done
 done
+cp "$RESULTS" /tmp/mmapfs-bench-results.tsv  # kept if anything below fails
 progress "the device: sequential 1 MiB reads with O_DIRECT"
-RAW=$(fio --output-format=json --name=raw --filename="$DEVICE" --readonly --direct=1 --rw=read --bs=1M --size="$SIZE" \
-    --offset=1G 2>/dev/null | metric read bw)
+RAW=$({ fio --output-format=json --name=raw --filename="$DEVICE" --readonly --direct=1 --rw=read --bs=1M \
+    --size="$SIZE" --offset=1G 2>/dev/null || true; } | metric read bw)
 RAW_HOW="the raw device $DEVICE"
-if [ "$RAW" = nan ]; then
+if ! awk -v r="$RAW" 'BEGIN { exit !(r + 0 > 0) }'; then
     # Some VMs do not let even root open the disk: read a file of its ext4 with O_DIRECT.
     fio_json "$WORK/ext4" --name=w --rw=write --bs=1M --size="$SIZE" --end_fsync=1 --filename=raw >/dev/null
     RAW=$(fio_json "$WORK/ext4" --name=raw --rw=read --bs=1M --size="$SIZE" --direct=1 --filename=raw | metric read bw)
