@@ -35,15 +35,16 @@ pub struct MountConfig {
     pub read_ahead: Option<u64>,
 }
 
-/// The default of `-o read_ahead`, chosen by measurement (docs/benchmarks.md, "Cold
-/// sequential reads").
+/// The default of `-o read_ahead`, chosen by measurement (docs/design.md, "Read-ahead and
+/// request size").
 pub const READ_AHEAD_DEFAULT: u64 = 1 << 20;
 
 /// The dirty page cache the mount's files may hold before the kernel throttles the writers
 /// (the limits of the mount's backing device, `/sys/class/bdi/MAJ:MIN`). The kernel gives
-/// every FUSE mount a strict 1 % of the machine's dirty threshold; the daemon, marked as an
-/// I/O flusher, may safely allow more (docs/design.md, "Dirty pages of mapped files"). Every
-/// setting keeps the limit strict, so the mount never holds more than it says.
+/// every FUSE mount a strict 1 % of the machine's dirty threshold; the daemon may safely allow
+/// more, up to half of it unless it is marked as an I/O flusher (docs/design.md, "Dirty pages
+/// of mapped files"). Every setting keeps the limit strict, so the mount never holds more than
+/// it says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DirtyLimit {
     /// The kernel's own limit (`-o dirty_limit=kernel`).

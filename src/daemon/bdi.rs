@@ -74,8 +74,28 @@ pub fn relax(bdi: &Path, limit: DirtyLimit, io_flusher: bool) {
         log::info!("-o dirty_limit=kernel: the mount keeps the kernel's dirty limit{}", mib_of(bdi));
         return;
     }
+    // Without the mark, at most half of the threshold: as a share, or in bytes from what
+    // the kernel's share is now (max_bytes is max_ratio percent of the threshold).
+    let capped = match limit {
+        DirtyLimit::Ratio(n) if !io_flusher && u64::from(n) > SHARE_WITHOUT_FLUSHER => {
+            Some(DirtyLimit::Ratio(SHARE_WITHOUT_FLUSHER as u8))
+        }
+        DirtyLimit::Bytes(n) if !io_flusher => match (read(bdi, "max_bytes"), read(bdi, "max_ratio")) {
+            (Some(b), Some(r)) if r > 0 && n > b / r * SHARE_WITHOUT_FLUSHER => {
+                Some(DirtyLimit::Bytes(b / r * SHARE_WITHOUT_FLUSHER))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(c) = capped {
+        log::info!(
+            "-o dirty_limit={limit} is more than {SHARE_WITHOUT_FLUSHER}% of the machine's dirty threshold and the \
+             daemon is no I/O flusher (it lacks CAP_SYS_RESOURCE): the mount gets {c}"
+        );
+    }
     // Strict first, so the mount never holds more than the new limit says, even for a moment.
-    let r = write(bdi, "strict_limit", 1).and_then(|()| match limit {
+    let r = write(bdi, "strict_limit", 1).and_then(|()| match capped.unwrap_or(limit) {
         DirtyLimit::Ratio(n) => write(bdi, "max_ratio", u64::from(n)),
         DirtyLimit::Bytes(n) => write(bdi, "max_bytes", n),
         DirtyLimit::Kernel => Ok(()),
@@ -89,16 +109,6 @@ pub fn relax(bdi: &Path, limit: DirtyLimit, io_flusher: bool) {
             bdi.display()
         );
         return;
-    }
-    let share = read(bdi, "max_ratio").unwrap_or(0);
-    if !io_flusher && share > SHARE_WITHOUT_FLUSHER {
-        log::info!(
-            "-o dirty_limit={limit} is {share}% of the machine's dirty threshold; the daemon is no I/O flusher \
-             (it lacks CAP_SYS_RESOURCE), so the mount gets {SHARE_WITHOUT_FLUSHER}%"
-        );
-        if let Err(e) = write(bdi, "max_ratio", SHARE_WITHOUT_FLUSHER) {
-            log::warn!("cannot lower {}'s dirty limit: {e}", bdi.display());
-        }
     }
     log::info!(
         "dirty limit of the mount (bdi {}): {} MiB, strict (-o dirty_limit={limit}); I/O flusher: {}",

@@ -93,7 +93,7 @@ struct Mapped {
 
 /// How far ahead of a sequential stream of reads the daemon reads the segment: the next
 /// requests' pages are on their way from the disk while this one is copied to the kernel.
-/// Measured in docs/benchmarks.md ("Cold sequential reads").
+/// Measured in docs/design.md ("Read-ahead and request size").
 const READ_AHEAD: usize = 4 << 20;
 
 /// The most one `POSIX_FADV_WILLNEED` is asked to read.
