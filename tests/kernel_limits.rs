@@ -27,11 +27,6 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
     ALONE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// True if this process may use CAP_SYS_RESOURCE (needed for PR_SET_IO_FLUSHER); some VMs
 /// drop it even for root.
 fn has_cap_sys_resource() -> bool {
@@ -52,7 +47,7 @@ fn limits(m: &Mounted) -> serde_json::Value {
 
 #[test]
 fn root_sets_the_mounts_dirty_limit_and_read_ahead_and_stats_show_them() {
-    if !root() {
+    if !common::is_root() {
         eprintln!("skipped: setting a mount's bdi limits needs root (tests/normal_user.rs covers a normal user)");
         return;
     }
@@ -124,7 +119,7 @@ fn root_sets_the_mounts_dirty_limit_and_read_ahead_and_stats_show_them() {
 #[test]
 fn root_raises_the_request_cap_for_a_larger_max_write() {
     const LIMIT: &str = "/proc/sys/fs/fuse/max_pages_limit";
-    if !root() || !Path::new(LIMIT).exists() {
+    if !common::is_root() || !Path::new(LIMIT).exists() {
         eprintln!("skipped: needs root and {LIMIT} (Linux 6.13)");
         return;
     }
@@ -362,7 +357,7 @@ const RSS_ANON_BOUND: u64 = 128 * MIB;
 /// A client in a 256 MiB memory cgroup stores into every page of a 768 MiB shared mapping
 /// twice, while a second one streams 512 MiB of write(2)s into another file.
 fn memory_cgroup_client(dirty_limit: &str) {
-    if !root() {
+    if !common::is_root() {
         eprintln!("skipped: memory cgroups need root");
         return;
     }
@@ -405,7 +400,7 @@ fn memory_cgroup_client_with_the_kernels_limit() {
 /// their own 128 MiB mapping twice, while a fourth creates and removes files so the daemon
 /// journals and checkpoints (a 64 KiB journal limit).
 fn dirty_threshold_reached(dirty_limit: &str) {
-    if !root() {
+    if !common::is_root() {
         eprintln!("skipped: lowering vm.dirty_bytes needs root");
         return;
     }

@@ -51,15 +51,10 @@ impl Drop for LoopFs {
     }
 }
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A fresh ext4 on a loop device (image in the build's temporary directory: a real disk, not
 /// tmpfs) and mmapfs mounted with its store there.
 fn mounted_on_a_loop_device() -> (tempfile::TempDir, LoopFs, Mounted) {
-    assert!(root(), "needs root for loop devices (CI runs as root)");
+    assert!(common::is_root(), "needs root for loop devices (CI runs as root)");
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let lf = LoopFs::new(&tmp.path().join("disk.img"), &tmp.path().join("disk"), true);
     let m = Mounted::at(lf.dir.join("store"), tmp.path().join("mnt"), &["--segment-size", "16M"]).unwrap();
@@ -145,7 +140,7 @@ fn pages_of(v: u8, range: std::ops::Range<usize>) -> Vec<u8> {
 /// mapping with msync. Writes never synced may be lost, but never in parts of a page.
 #[test]
 fn what_fsync_acknowledged_survives_a_device_that_loses_unflushed_writes() {
-    if !root() {
+    if !common::is_root() {
         eprintln!("skipped: needs root for loop devices");
         return;
     }

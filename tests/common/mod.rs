@@ -316,6 +316,12 @@ impl Mounted {
     }
 }
 
+/// True when the tests run as root (CI does): loop devices, mounts, cgroups, sysctls.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// `mmapfs stats --json PATH` (a store or a mountpoint).
 pub fn stats_json(path: &Path) -> serde_json::Value {
     let out = std::process::Command::new(BIN)

@@ -110,9 +110,15 @@ impl Mapped {
     /// A range inside one page is left to its fault, which reads exactly that page anyway
     /// (this keeps the syscall off the path of random 4 KiB reads).
     fn prefetch(&self, off: usize, len: usize) {
-        if self.prefetch && off / PAGE != (off + len.max(1) - 1) / PAGE {
+        if self.prefetches(off, len) {
             self.will_need(off, len);
         }
+    }
+
+    /// Whether `off..off+len` is read ahead at all: with `MADV_RANDOM`, and only when it
+    /// spans two pages or more.
+    fn prefetches(&self, off: usize, len: usize) -> bool {
+        self.prefetch && off / PAGE != (off + len.max(1) - 1) / PAGE
     }
 
     /// [`Mapped::prefetch`] for a read, which also reads [`READ_AHEAD`] beyond a read that
@@ -120,7 +126,7 @@ impl Mapped {
     /// READs for its own read-ahead of a stream). A read elsewhere reads only its own range, so
     /// random reads cost nothing more; two streams in one segment only lose the extra.
     fn prefetch_read(&self, off: usize, len: usize) {
-        if !self.prefetch || off / PAGE == (off + len.max(1) - 1) / PAGE {
+        if !self.prefetches(off, len) {
             return;
         }
         let end = off + len;
