@@ -1,20 +1,33 @@
-//! The metadata journal: append-only files of checksummed records, one record per request.
+//! The metadata journal: files of checksummed records, one record per request.
 //!
-//! File `meta/journal-<first seq, 16 hex digits>`:
+//! File `meta/journal-<first seq, 16 hex digits>`, format 3:
 //! ```text
-//! header  magic "MMAPFSJ2" | store uuid (16) | first seq (u64) | crc32 of the 32 bytes before (u32)
-//! record  payload length (u32) | seq (u64) | crc32 of the 12 bytes before (u32)
-//!         | payload (ops) | crc32 of header and payload (u32)
+//! header  magic "MMAPFSJ3" | store uuid (16) | first seq (u64) | crc32 of the 32 bytes before (u32)
+//! record  payload length (u32) | seq (u64) | durable seq (u64) | 8 zero bytes
+//!         | crc32 of the 28 bytes before (u32) | payload (ops) | crc32 of header and payload (u32)
+//!         | zeros up to a multiple of 32 bytes
 //! ```
-//! The header checksum means a damaged length is never taken for a torn append, and the
-//! trailing checksum ends every record in bytes that are not all zero (see [`frame`] for
-//! what a torn tail may look like).
-//! A record is appended with one `write(2)` before the request is answered, so it survives
-//! `kill -9` of the daemon (it is in the page cache); `sync` makes it durable (`fdatasync`),
-//! sharing one `fdatasync` among concurrent callers. A checkpoint rotates to a new file.
+//! Records are written in place over zeros the file already holds (written and committed
+//! ahead of the records, in chunks of up to [`ZERO_CHUNK`]), so the file's size and blocks do not change
+//! when a record is added: its `fdatasync` writes the record's pages and flushes the device
+//! cache once, with no metadata commit of the host (which costs two flushes on a device
+//! without FUA). Every write before that flush — the segments' data, written back first by
+//! `Store::fsync` — is covered by the same flush (see docs/design.md, "Device flushes per
+//! fsync").
+//!
+//! Writing in place means a power cut can keep any subset of the 512-byte sectors written
+//! since the last flush. [`frame`] tells such a tear from damage: a torn record has a sector
+//! of its span that still reads zero, and no intact record after it says that it was durable
+//! (each record carries the highest seq that was durable when it was written). A record is
+//! written with one `pwrite(2)` before the request is answered, so it survives `kill -9` of
+//! the daemon (it is in the page cache); `sync` makes it durable (`fdatasync`), sharing one
+//! `fdatasync` among concurrent callers. A checkpoint rotates to a new file.
+//!
+//! Formats 1 and 2 (appended, `O_APPEND`) are still read; a mount never appends to them.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,24 +38,47 @@ use super::faults::{self, Point};
 use super::files;
 use super::meta::Op;
 
-/// Magic of a journal file in format 2 (and of format 1, read for the upgrade).
-const MAGIC: &[u8; 8] = b"MMAPFSJ2";
+/// Magic of a journal file in format 3, the one written.
+const MAGIC: &[u8; 8] = b"MMAPFSJ3";
+/// Magics of the appended formats, still read.
+const MAGIC_V2: &[u8; 8] = b"MMAPFSJ2";
 const MAGIC_V1: &[u8; 8] = b"MMAPFSJ1";
 const HEADER_LEN: usize = 36;
-/// payload length (u32) | seq (u64) | crc32 of those 12 bytes (u32)
-const RECORD_HEADER: usize = 16;
-/// crc32 of the header and payload (u32): the record's last bytes.
+/// Format 3: where the first record starts (the header, rounded up to [`RECORD_ALIGN`]).
+const FIRST_RECORD: usize = 64;
+/// Formats 1 and 2: payload length (u32) | seq (u64) | crc32 of those 12 bytes (u32).
+const RECORD_HEADER_V2: usize = 16;
+/// Format 3: payload length (u32) | seq (u64) | durable seq (u64) | 8 zero bytes | crc32 (u32).
+const RECORD_HEADER: usize = 32;
+/// crc32 of the header and payload (u32), after the payload.
 const RECORD_TRAILER: usize = 4;
+/// Format 3 records start at multiples of this (from the file's start): a record header never
+/// spans two sectors, so a torn write leaves it whole or as it was (zero).
+const RECORD_ALIGN: usize = 32;
+/// The smallest unit a device writes whole (a sector): what a power cut keeps or loses.
+const SECTOR: usize = 512;
 /// Larger records cannot come from one request; a length beyond this is corruption.
 const MAX_RECORD: usize = 64 << 20;
+/// Zeros a new file starts with, and the unit the file grows in.
+const FIRST_CHUNK: u64 = 4096;
+/// The most zeros written ahead of the records at a time: a file grows by its own size up to
+/// this (so a small journal stays small, and a store on a nearly full host still opens). The
+/// fdatasync after a growth commits the file's new size (two device flushes on a device
+/// without FUA); every other one flushes once.
+const ZERO_CHUNK: u64 = if cfg!(test) { 4096 } else { 1 << 20 };
 
 struct Active {
     file: Arc<File>,
     path: PathBuf,
-    /// Seq of the last record appended.
+    /// Seq of the last record written.
     seq: u64,
-    /// Bytes in the active file.
+    /// Where the next record goes: the end of the last one.
     bytes: u64,
+    /// Bytes of the file, all written (zeros past `bytes`).
+    zeroed: u64,
+    /// Whether the file grew (or is new) since its last `fdatasync`: its size and blocks are
+    /// then metadata only its own sync commits.
+    grown: bool,
     /// Seq of the first record the active file holds (or will hold).
     first: u64,
 }
@@ -89,13 +125,25 @@ fn header(uuid: &[u8; 16], first_seq: u64) -> Vec<u8> {
     h
 }
 
+/// Writes zeros over `from..to` of `file` (real writes, not a hole: blocks the host allocates
+/// now are overwritten in place later, with no metadata to commit).
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Name a new journal file has until it is complete; never listed by [`list`].
 const NEW_FILE: &str = "journal.new";
 
-/// Creates a journal file with its header under a temporary name that is then renamed, so a
-/// crash at any moment leaves either no file or a whole header (an empty `journal-*` file
-/// would make the store refuse to mount). Not flushed: the caller syncs the file and the
-/// directory before any record in it is reported durable.
+/// Creates a journal file with its header and a chunk of zeros under a temporary name that is
+/// then renamed, so a crash at any moment leaves either no file or a whole header (an empty
+/// `journal-*` file would make the store refuse to mount), and syncs it and the directory.
 fn create_file(dir: &Path, uuid: &[u8; 16], first_seq: u64) -> io::Result<(File, PathBuf)> {
     let tmp = dir.join(NEW_FILE);
     let path = dir.join(file_name(first_seq));
@@ -104,17 +152,26 @@ fn create_file(dir: &Path, uuid: &[u8; 16], first_seq: u64) -> io::Result<(File,
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let mut f = files::create_new(&tmp, OpenOptions::new().append(true))?;
-    f.write_all(&header(uuid, first_seq))?;
+    let f = files::create_new(&tmp, OpenOptions::new().read(true).write(true))?;
+    f.write_all_at(&header(uuid, first_seq), 0)?;
+    write_zeros(&f, HEADER_LEN as u64, FIRST_CHUNK)?;
+    f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
     Ok((f, path))
 }
 
+/// Rounds `n` up to a multiple of `to`.
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
 impl Journal {
-    /// Opens the journal for appending after replay ended at `last_seq`: cuts off a torn tail
-    /// that replay found, then makes every record durable (a crash may have left them in the
-    /// page cache only) and continues the newest file, or starts one (also when the newest is
-    /// of format 1, which is never appended to).
+    /// Opens the journal for writing after replay ended at `last_seq`: removes what replay
+    /// found of a torn tail (zeros over it, or the file whose creation a crash cut short), then
+    /// makes every record durable (a crash may have left them in the page cache only) and
+    /// continues the newest file after its last record, or starts one (also when the newest is
+    /// of format 1 or 2, which are never written to).
     pub fn open(dir: &Path, uuid: [u8; 16], last_seq: u64, torn: Option<&TornTail>) -> io::Result<Journal> {
         if let Some(t) = torn {
             if t.at == 0 {
@@ -122,37 +179,58 @@ impl Journal {
                 std::fs::remove_file(&t.path)?;
                 File::open(dir)?.sync_all()?;
             } else {
-                let f = files::open(&t.path, OpenOptions::new().write(true))?;
-                f.set_len(t.at)?;
-                f.sync_all()?;
+                let f = files::open(&t.path, OpenOptions::new().read(true).write(true))?;
+                let mut magic = [0u8; 8];
+                f.read_exact_at(&mut magic, 0)?;
+                if &magic == MAGIC {
+                    // What a tear kept of later records must not be read as records again.
+                    write_zeros(&f, t.at, f.metadata()?.len())?;
+                    f.sync_data()?;
+                } else {
+                    f.set_len(t.at)?;
+                    f.sync_all()?;
+                }
             }
         }
-        // The newest file: made durable (a crash may have left its records in the page cache
-        // only), and continued if it is of format 2.
         let newest = match list(dir)?.pop() {
             Some((first, p)) => {
-                let mut f = files::open(&p, OpenOptions::new().read(true).append(true))?;
+                let f = files::open(&p, OpenOptions::new().read(true).write(true))?;
                 let mut magic = [0u8; 8];
-                std::io::Read::read_exact(&mut f, &mut magic)?;
+                f.read_exact_at(&mut magic, 0)?;
                 f.sync_data()?;
-                (&magic == MAGIC).then_some((f, p, first))
+                match &magic == MAGIC {
+                    true => {
+                        let data = files::read(&p)?;
+                        let end = match torn {
+                            Some(t) if t.path == p => t.at,
+                            _ => records_end(&data),
+                        };
+                        Some((f, p, first, end, data.len() as u64))
+                    }
+                    false => None,
+                }
             }
             None => None,
         };
-        let (file, path, first) = match newest {
+        let (file, path, first, bytes, zeroed) = match newest {
             Some(newest) => newest,
             None => {
                 let (f, p) = create_file(dir, &uuid, last_seq + 1)?;
-                f.sync_all()?;
-                File::open(dir)?.sync_all()?;
-                (f, p, last_seq + 1)
+                (f, p, last_seq + 1, FIRST_RECORD as u64, FIRST_CHUNK)
             }
         };
-        let bytes = file.metadata()?.len();
         Ok(Journal {
             dir: dir.to_path_buf(),
             uuid,
-            active: Mutex::new(Active { file: Arc::new(file), path, seq: last_seq, bytes, first }),
+            active: Mutex::new(Active {
+                file: Arc::new(file),
+                path,
+                seq: last_seq,
+                bytes,
+                zeroed,
+                grown: false,
+                first,
+            }),
             synced: AtomicU64::new(last_seq),
             sync_lock: Mutex::new(()),
             appends: AtomicU64::new(0),
@@ -160,7 +238,7 @@ impl Journal {
         })
     }
 
-    /// Appends one record holding `ops`; returns its seq. The record is in the page cache
+    /// Writes one record holding `ops`; returns its seq. The record is in the page cache
     /// (safe from a daemon crash) when this returns.
     pub fn append(&self, ops: &[Op]) -> io::Result<u64> {
         let mut e = Enc { buf: Vec::with_capacity(128) };
@@ -168,25 +246,35 @@ impl Journal {
         for op in ops {
             op.encode(&mut e);
         }
-        e.buf.extend_from_slice(&[0; RECORD_TRAILER]);
-        let mut rec = e.buf;
-        let payload_len = rec.len() - RECORD_HEADER - RECORD_TRAILER;
+        let payload_len = e.buf.len() - RECORD_HEADER;
         if payload_len > MAX_RECORD {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "journal record too large"));
         }
+        let body = e.buf.len();
+        let mut rec = e.buf;
+        rec.resize(round_up((body + RECORD_TRAILER) as u64, RECORD_ALIGN as u64) as usize, 0);
         rec[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        let durable = self.synced.load(Ordering::Acquire);
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let seq = a.seq + 1;
         rec[4..12].copy_from_slice(&seq.to_le_bytes());
-        let hcrc = crc32fast::hash(&rec[..12]);
-        rec[12..16].copy_from_slice(&hcrc.to_le_bytes());
-        let body = rec.len() - RECORD_TRAILER;
+        rec[12..20].copy_from_slice(&durable.to_le_bytes());
+        let hcrc = crc32fast::hash(&rec[..28]);
+        rec[28..32].copy_from_slice(&hcrc.to_le_bytes());
         let crc = crc32fast::hash(&rec[..body]);
-        rec[body..].copy_from_slice(&crc.to_le_bytes());
+        rec[body..body + RECORD_TRAILER].copy_from_slice(&crc.to_le_bytes());
         faults::check(Point::JournalWrite)?;
-        (&*a.file).write_all(&rec)?;
+        let end = a.bytes + rec.len() as u64;
+        if end > a.zeroed {
+            // The next sync commits the larger size (the one sync in a chunk that pays for it).
+            let to = round_up(end.max(a.zeroed + a.zeroed.min(ZERO_CHUNK)), FIRST_CHUNK);
+            write_zeros(&a.file, a.zeroed, to)?;
+            a.zeroed = to;
+            a.grown = true;
+        }
+        a.file.write_all_at(&rec, a.bytes)?;
         a.seq = seq;
-        a.bytes += rec.len() as u64;
+        a.bytes = end;
         self.appends.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
     }
@@ -196,7 +284,7 @@ impl Journal {
         self.active.lock().unwrap_or_else(|p| p.into_inner()).seq
     }
 
-    /// Bytes in the active journal file.
+    /// Bytes of records (and the header) in the active journal file.
     pub fn bytes(&self) -> u64 {
         self.active.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
@@ -226,42 +314,75 @@ impl Journal {
     /// were synced when they were rotated out). Called with `sync_lock` held.
     fn sync_active(&self) -> io::Result<()> {
         let (upto, file) = {
-            let a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            // Cleared before the sync: a growth after this point is the next sync's.
+            a.grown = false;
             (a.seq, a.file.clone())
         };
         faults::check(Point::JournalSync)?;
-        file.sync_data()?;
+        if let Err(e) = file.sync_data() {
+            self.active.lock().unwrap_or_else(|p| p.into_inner()).grown = true;
+            return Err(e);
+        }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced.fetch_max(upto, Ordering::AcqRel);
         Ok(())
     }
 
+    /// For an fsync whose data sync flushes the device cache anyway (a segment on the same
+    /// filesystem, whose new blocks need a metadata commit): writes every record to the device
+    /// and waits, without a flush of its own, and returns the seq they reach — durable once
+    /// that flush is done, which the caller reports with [`covered`](Self::covered). `None`
+    /// when the file grew since its last sync: its size is metadata only its own sync
+    /// commits, so the caller must [`sync`](Self::sync).
+    pub fn write_out(&self) -> io::Result<Option<u64>> {
+        let _g = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (upto, file) = {
+            let a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if a.grown {
+                return Ok(None);
+            }
+            (a.seq, a.file.clone())
+        };
+        faults::check(Point::JournalSync)?;
+        use std::os::unix::io::AsRawFd;
+        let how = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: a plain syscall on an fd we own; no memory is passed.
+        if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, how) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Some(upto))
+    }
+
+    /// Records that a device flush after [`write_out`](Self::write_out) made every record up
+    /// to `upto` durable.
+    pub fn covered(&self, upto: u64) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+    }
+
     /// Starts a new journal file after the current last record; returns the last seq of the
-    /// old files. Appenders wait only while the new file is created and named (no flush): the
-    /// flushes follow with `sync_lock` held, so no fsync can report records of the new file
-    /// durable before the old file and the new file's name are.
+    /// old files. The old file is made durable first, so a journal file is only ever followed
+    /// by another once every record in it is durable: only the newest file can end in a torn
+    /// write. Appenders wait meanwhile (a few flushes once per `journal_limit` of records).
     pub fn rotate(&self) -> io::Result<u64> {
         let _syncs = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (old, old_seq, new) = {
-            let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-            if a.first == a.seq + 1 {
-                // Nothing appended since the last rotation: keep the (empty) active file.
-                return Ok(a.seq);
-            }
-            let (f, path) = create_file(&self.dir, &self.uuid, a.seq + 1)?;
-            let f = Arc::new(f);
-            let old = std::mem::replace(&mut a.file, f.clone());
-            a.path = path;
-            a.first = a.seq + 1;
-            a.bytes = HEADER_LEN as u64;
-            (old, a.seq, f)
-        };
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if a.first == a.seq + 1 {
+            // Nothing appended since the last rotation: keep the (empty) active file.
+            return Ok(a.seq);
+        }
         // Until a checkpoint covers them, the old file is what holds these records.
-        old.sync_data()?;
-        self.synced.fetch_max(old_seq, Ordering::AcqRel);
-        new.sync_all()?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(old_seq)
+        a.file.sync_data()?;
+        self.synced.fetch_max(a.seq, Ordering::AcqRel);
+        let (f, path) = create_file(&self.dir, &self.uuid, a.seq + 1)?;
+        a.file = Arc::new(f);
+        a.path = path;
+        a.first = a.seq + 1;
+        a.bytes = FIRST_RECORD as u64;
+        a.zeroed = FIRST_CHUNK;
+        a.grown = false;
+        Ok(a.seq)
     }
 
     /// Deletes journal files whose records all have seq ≤ `upto` (they are in the checkpoint).
@@ -276,8 +397,8 @@ impl Journal {
     }
 }
 
-/// Where replay found the end of the acknowledged records: the newest file ends in bytes of an
-/// append that never completed, to be cut off (by [`Journal::open`]) before appending again.
+/// Where replay found the end of the acknowledged records: the newest file ends in bytes of a
+/// write that never completed, removed (by [`Journal::open`]) before writing again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub path: PathBuf,
@@ -295,67 +416,149 @@ pub struct Replayed {
     pub torn: Option<TornTail>,
 }
 
-/// One record of a journal file, as [`frames`] finds it.
+/// One record of a journal file, as [`frame`] finds it.
 enum Frame<'a> {
     Record {
         seq: u64,
+        /// Format 3: the highest seq that was durable when the record was written.
+        durable: u64,
         payload: &'a [u8],
         len: usize,
     },
-    /// The rest of the file is what a write cut short by a crash leaves (see [`frames`]).
+    /// Format 3: the rest of the file is zeros (the end of a file's records).
+    End,
+    /// What a write cut short by a crash can leave from here on (see [`frame`]).
     Torn,
 }
 
-/// Reads the record at the start of `rest` (a journal file's bytes from one record on).
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// Reads the record at byte `pos` of a journal file's bytes `data`.
 ///
-/// Only damage at the very end can be a torn append: an append is one `write(2)`, which a
-/// daemon crash cannot tear (the bytes are in the page cache) and a power cut leaves either
-/// cut short by the file's end or with its unwritten part reading zero. So the tail is torn
-/// when the file ends inside the record, or when the checksum that failed (the header's, or
-/// the payload's, which is the record's last 4 bytes) and everything after it are zero.
-/// Anything else — a checksum mismatch with data after it, an impossible length — is damage.
-fn frame(rest: &[u8], format: Framing) -> Result<Frame<'_>, String> {
-    let zero_from = |i: usize| rest.get(i..).is_some_and(|r| r.iter().all(|&b| b == 0));
+/// Format 3 (written in place over zeros): a power cut keeps any subset of the sectors written
+/// since the last flush, each whole or as it was. So a record that fails its checksums is
+/// maybe torn when the file ends inside it (a size never committed), when its header reads
+/// zero, or when one sector's part of it reads zero; anything else — a header that is neither
+/// zero nor intact, a checksum mismatch over sectors that were all written, an impossible
+/// length, non-zero padding — is damage. Whether a maybe-torn record is torn is for the caller
+/// to decide (no intact record after it may say it was durable, see `replay_files`).
+///
+/// Formats 1 and 2 (appended with one `write(2)`, which a daemon crash cannot tear and a power
+/// cut leaves either cut short by the file's end or with its unwritten part reading zero): the
+/// tail is torn when the file ends inside the record, or when the checksum that failed (the
+/// header's, or the payload's, which is the record's last 4 bytes) and everything after it are zero.
+fn frame(data: &[u8], pos: usize, format: Framing) -> Result<Frame<'_>, String> {
+    let rest = &data[pos..];
     let u32_at = |o: usize| u32::from_le_bytes(rest[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |o: usize| u64::from_le_bytes(rest[o..o + 8].try_into().expect("8 bytes"));
+    match format {
+        Framing::V3 => {}
+        Framing::V1 => {
+            if rest.len() < RECORD_HEADER_V2 {
+                return Ok(Frame::Torn);
+            }
+            // payload length | crc32 of seq+payload | seq | payload. The length is unchecked, so
+            // a record cut short is taken for a torn tail as format 1 always did (such a store
+            // is read once and then written in format 3).
+            let len = u32_at(0) as usize;
+            if len > MAX_RECORD {
+                return Err(format!("record claims {len} bytes"));
+            }
+            if rest.len() < RECORD_HEADER_V2 + len {
+                return Ok(Frame::Torn);
+            }
+            if crc32fast::hash(&rest[8..RECORD_HEADER_V2 + len]) != u32_at(4) {
+                return Err("checksum mismatch".into());
+            }
+            let payload = &rest[RECORD_HEADER_V2..RECORD_HEADER_V2 + len];
+            return Ok(Frame::Record { seq: u64_at(8), durable: 0, payload, len: RECORD_HEADER_V2 + len });
+        }
+        Framing::V2 => {
+            if rest.len() < RECORD_HEADER_V2 {
+                return Ok(Frame::Torn);
+            }
+            let zero_from = |i: usize| all_zero(&rest[i..]);
+            if crc32fast::hash(&rest[..12]) != u32_at(12) {
+                return if zero_from(12) { Ok(Frame::Torn) } else { Err("record header checksum mismatch".into()) };
+            }
+            let len = u32_at(0) as usize;
+            if len > MAX_RECORD {
+                return Err(format!("record claims {len} bytes"));
+            }
+            let total = RECORD_HEADER_V2 + len + RECORD_TRAILER;
+            if rest.len() < total {
+                return Ok(Frame::Torn);
+            }
+            if crc32fast::hash(&rest[..RECORD_HEADER_V2 + len]) != u32_at(RECORD_HEADER_V2 + len) {
+                return if zero_from(RECORD_HEADER_V2 + len) {
+                    Ok(Frame::Torn)
+                } else {
+                    Err("record checksum mismatch".into())
+                };
+            }
+            let payload = &rest[RECORD_HEADER_V2..RECORD_HEADER_V2 + len];
+            return Ok(Frame::Record { seq: u64_at(4), durable: 0, payload, len: total });
+        }
+    }
     if rest.len() < RECORD_HEADER {
-        return Ok(Frame::Torn);
+        return Ok(if all_zero(rest) { Frame::End } else { Frame::Torn });
     }
-    if format == Framing::V1 {
-        // payload length | crc32 of seq+payload | seq | payload. The length is unchecked, so a
-        // record cut short is taken for a torn tail as format 1 always did (such a store is
-        // read once and then written in format 2).
-        let len = u32_at(0) as usize;
-        if len > MAX_RECORD {
-            return Err(format!("record claims {len} bytes"));
-        }
-        if rest.len() < RECORD_HEADER + len {
-            return Ok(Frame::Torn);
-        }
-        if crc32fast::hash(&rest[8..RECORD_HEADER + len]) != u32_at(4) {
-            return Err("checksum mismatch".into());
-        }
-        return Ok(Frame::Record {
-            seq: u64_at(8),
-            payload: &rest[RECORD_HEADER..RECORD_HEADER + len],
-            len: RECORD_HEADER + len,
-        });
+    if all_zero(&rest[..RECORD_HEADER]) {
+        return Ok(if all_zero(rest) { Frame::End } else { Frame::Torn });
     }
-    if crc32fast::hash(&rest[..12]) != u32_at(12) {
-        return if zero_from(12) { Ok(Frame::Torn) } else { Err("record header checksum mismatch".into()) };
+    if crc32fast::hash(&rest[..28]) != u32_at(28) || !all_zero(&rest[20..28]) {
+        return Err("record header checksum mismatch".into());
     }
     let len = u32_at(0) as usize;
     if len > MAX_RECORD {
         return Err(format!("record claims {len} bytes"));
     }
-    let total = RECORD_HEADER + len + RECORD_TRAILER;
-    if rest.len() < total {
+    let body = RECORD_HEADER + len;
+    if rest.len() < body + RECORD_TRAILER {
         return Ok(Frame::Torn);
     }
-    if crc32fast::hash(&rest[..RECORD_HEADER + len]) != u32_at(RECORD_HEADER + len) {
-        return if zero_from(RECORD_HEADER + len) { Ok(Frame::Torn) } else { Err("record checksum mismatch".into()) };
+    if crc32fast::hash(&rest[..body]) != u32_at(body) {
+        let (from, to) = (pos, pos + body + RECORD_TRAILER);
+        let lost = (from / SECTOR..to.div_ceil(SECTOR))
+            .any(|s| all_zero(&data[(s * SECTOR).max(from)..((s + 1) * SECTOR).min(to)]));
+        return if lost { Ok(Frame::Torn) } else { Err("record checksum mismatch".into()) };
     }
-    Ok(Frame::Record { seq: u64_at(4), payload: &rest[RECORD_HEADER..RECORD_HEADER + len], len: total })
+    let total = round_up((body + RECORD_TRAILER) as u64, RECORD_ALIGN as u64) as usize;
+    if !all_zero(&rest[body + RECORD_TRAILER..total.min(rest.len())]) {
+        return Err("record padding is not zero".into());
+    }
+    Ok(Frame::Record { seq: u64_at(4), durable: u64_at(12), payload: &rest[RECORD_HEADER..body], len: total })
+}
+
+/// Format 3: an intact record at or after byte `from` whose durable seq is `seq` or later,
+/// as (its offset, its seq) — proof that record `seq` was durable, so not torn.
+fn durable_claim(data: &[u8], from: usize, seq: u64) -> Option<(usize, u64)> {
+    let mut at = round_up(from as u64, RECORD_ALIGN as u64) as usize;
+    while at + RECORD_HEADER <= data.len() {
+        // Most of a torn tail is zeros: skip them without a checksum.
+        if !all_zero(&data[at..at + RECORD_HEADER])
+            && let Ok(Frame::Record { seq: s, durable, .. }) = frame(data, at, Framing::V3)
+            && durable >= seq
+        {
+            return Some((at, s));
+        }
+        at += RECORD_ALIGN;
+    }
+    None
+}
+
+/// Format 3: the offset after the last whole record of a file that replay read.
+fn records_end(data: &[u8]) -> u64 {
+    let mut pos = FIRST_RECORD;
+    while pos < data.len() {
+        match frame(data, pos, Framing::V3) {
+            Ok(Frame::Record { len, .. }) => pos += len,
+            _ => break,
+        }
+    }
+    pos as u64
 }
 
 /// Record framing of a journal file, told by its magic.
@@ -363,8 +566,10 @@ fn frame(rest: &[u8], format: Framing) -> Result<Frame<'_>, String> {
 enum Framing {
     /// Format 1: the length was not checksummed (a damaged length looked like a torn tail).
     V1,
-    /// Format 2: a checksummed header (length, seq) and a checksum of the whole record.
+    /// Format 2: appended, a checksummed header (length, seq) and a checksum of the whole record.
     V2,
+    /// Format 3: written in place over zeros, aligned, with the durable seq in each record.
+    V3,
 }
 
 /// Reads every journal file in `dir` and calls `f(seq, ops)` for each record with
@@ -412,10 +617,11 @@ fn replay_files(
             faults::check(Point::MetaRead).and_then(|()| files::read(path)).map_err(|e| LoadError::io_at(path, e))?;
         let name = path.display();
         if newest && (data.len() < HEADER_LEN || data[..HEADER_LEN].iter().all(|&b| b == 0)) {
-            // A rotation names the new file before its header is flushed (appenders must not
-            // wait for flushes, see `Journal::rotate`); a power cut in between leaves it short
-            // or zeroed. No record in it was ever reported durable — an fsync waits for the
-            // rotation's flushes — so it is dropped like a torn tail.
+            // Format 2 named a new file before its header was flushed (a format-3 file is
+            // synced before it is named, but a directory entry may still outlive a lost file
+            // on some hosts); a power cut in between leaves it short or zeroed. No record in it
+            // was ever reported durable — an fsync waits for the rotation's flushes — so it is
+            // dropped like a torn tail.
             log::warn!(
                 "journal {name}: a file whose creation a crash cut short; it holds nothing acknowledged and is dropped"
             );
@@ -424,7 +630,8 @@ fn replay_files(
         }
         let corrupt = |msg: String| LoadError::Corrupt(format!("journal {name}: {msg}"));
         let framing = match data.get(..8) {
-            Some(m) if m == MAGIC => Framing::V2,
+            Some(m) if m == MAGIC => Framing::V3,
+            Some(m) if m == MAGIC_V2 => Framing::V2,
             Some(m) if m == MAGIC_V1 => Framing::V1,
             _ => return Err(corrupt("not a journal file of this format".into())),
         };
@@ -444,18 +651,34 @@ fn replay_files(
         if file_first > out.last + 1 {
             return Err(corrupt(format!("records {}..{} are missing", out.last + 1, file_first)));
         }
-        let mut pos = HEADER_LEN;
+        let mut pos = if framing == Framing::V3 { FIRST_RECORD } else { HEADER_LEN };
+        // Seq of the last record read from this file.
+        let mut prev = file_first - 1;
         while pos < data.len() {
-            let frame = frame(&data[pos..], framing).map_err(|m| corrupt(format!("byte {pos}: {m}")))?;
-            let Frame::Record { seq, payload, len } = frame else {
-                if !newest {
-                    return Err(corrupt(format!("record at byte {pos} cut short, and a newer journal file follows")));
+            let frame = frame(&data, pos, framing).map_err(|m| corrupt(format!("byte {pos}: {m}")))?;
+            let (seq, payload, len) = match frame {
+                Frame::Record { seq, payload, len, .. } => (seq, payload, len),
+                Frame::End => break,
+                Frame::Torn => {
+                    if !newest {
+                        return Err(corrupt(format!(
+                            "record at byte {pos} cut short, and a newer journal file follows"
+                        )));
+                    }
+                    if framing == Framing::V3
+                        && let Some((at, by)) = durable_claim(&data, pos + RECORD_ALIGN, prev + 1)
+                    {
+                        return Err(corrupt(format!(
+                            "record {} at byte {pos} is damaged: record {by} at byte {at} says it was durable",
+                            prev + 1
+                        )));
+                    }
+                    log::warn!(
+                        "journal {name}: the bytes from {pos} on are a write a crash cut short; it was never acknowledged and is dropped"
+                    );
+                    out.torn = Some(TornTail { path: path.clone(), at: pos as u64 });
+                    break;
                 }
-                log::warn!(
-                    "journal {name}: the bytes from {pos} on are an append a crash cut short; it was never acknowledged and is dropped"
-                );
-                out.torn = Some(TornTail { path: path.clone(), at: pos as u64 });
-                break;
             };
             let mut d = Dec { buf: payload };
             let mut ops = Vec::new();
@@ -470,29 +693,51 @@ fn replay_files(
                 out.last = seq;
                 out.records += 1;
             }
+            prev = seq;
             pos += len;
         }
     }
     Ok(out)
 }
 
-/// Rewrites a format-2 journal file in format 1 (for tests of the upgrade).
+/// The records of a format-3 journal file, as (seq, payload).
 #[cfg(test)]
-pub(crate) fn rewrite_as_v1(path: &Path) {
+fn records_v3(data: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut pos = FIRST_RECORD;
+    while let Ok(Frame::Record { seq, payload, len, .. }) = frame(data, pos, Framing::V3) {
+        v.push((seq, payload.to_vec()));
+        pos += len;
+    }
+    v
+}
+
+/// Rewrites a format-3 journal file in format 1 or 2 (for tests of reading old stores).
+#[cfg(test)]
+pub(crate) fn rewrite_as_old(path: &Path, version: u8) {
     let data = std::fs::read(path).unwrap();
-    let mut out = MAGIC_V1.to_vec();
+    let mut out = if version == 1 { MAGIC_V1.to_vec() } else { MAGIC_V2.to_vec() };
     out.extend_from_slice(&data[8..32]);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    let mut pos = HEADER_LEN;
-    while pos < data.len() {
-        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-        let mut body = data[pos + 4..pos + 12].to_vec();
-        body.extend_from_slice(&data[pos + RECORD_HEADER..pos + RECORD_HEADER + len]);
-        out.extend_from_slice(&(len as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        pos += RECORD_HEADER + len + RECORD_TRAILER;
+    for (seq, payload) in records_v3(&data) {
+        let len = (payload.len() as u32).to_le_bytes();
+        if version == 1 {
+            let mut body = seq.to_le_bytes().to_vec();
+            body.extend_from_slice(&payload);
+            out.extend_from_slice(&len);
+            out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            out.extend_from_slice(&body);
+        } else {
+            let start = out.len();
+            out.extend_from_slice(&len);
+            out.extend_from_slice(&seq.to_le_bytes());
+            let hcrc = crc32fast::hash(&out[start..]);
+            out.extend_from_slice(&hcrc.to_le_bytes());
+            out.extend_from_slice(&payload);
+            let crc = crc32fast::hash(&out[start..]);
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
     }
     std::fs::write(path, out).unwrap();
 }
@@ -591,8 +836,19 @@ mod tests {
         }
     }
 
+    /// Offsets of the records of a format-3 file: (start, end of its trailer, end with padding).
+    fn spans(data: &[u8]) -> Vec<(usize, usize, usize)> {
+        let mut v = Vec::new();
+        let mut pos = FIRST_RECORD;
+        while let Ok(Frame::Record { payload, len, .. }) = frame(data, pos, Framing::V3) {
+            v.push((pos, pos + RECORD_HEADER + payload.len() + RECORD_TRAILER, pos + len));
+            pos += len;
+        }
+        v
+    }
+
     #[test]
-    fn torn_tail_is_reported_then_cut_by_open_corruption_is_refused() {
+    fn torn_tail_is_reported_then_zeroed_by_open_corruption_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::open(d.path(), UUID, 0, None).unwrap();
         for n in 1..=3 {
@@ -601,45 +857,157 @@ mod tests {
         drop(j);
         let path = list(d.path()).unwrap()[0].1.clone();
         let full = std::fs::read(&path).unwrap();
-        // Cut the last record short: replay keeps 2 records, reports the tail, changes nothing.
-        std::fs::write(&path, &full[..full.len() - 5]).unwrap();
+        assert_eq!(full.len() as u64, FIRST_CHUNK, "records are written over zeros written ahead");
+        let s = spans(&full);
+        assert_eq!(s.len(), 3);
+        // The file ends inside the last record (a size never committed): torn, nothing modified.
+        std::fs::write(&path, &full[..s[2].1 - 5]).unwrap();
+        let (v, torn) = collect(d.path(), 0).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(torn, Some(TornTail { path: path.clone(), at: s[2].0 as u64 }));
+        assert_eq!(std::fs::read(&path).unwrap().len(), s[2].1 - 5, "replay modifies nothing");
+        // The last record's header (its sector) lost while a later sector reached the disk.
+        let mut lost = full.clone();
+        lost[s[2].0..s[2].0 + RECORD_HEADER].fill(0);
+        lost[3000] = 0x55;
+        std::fs::write(&path, &lost).unwrap();
         let (v, torn) = collect(d.path(), 0).unwrap();
         assert_eq!(v.len(), 2);
         let torn = torn.expect("a torn tail");
-        assert_eq!(std::fs::read(&path).unwrap().len(), full.len() - 5, "replay modifies nothing");
-        // Opening for appends cuts it off, and a new record follows the second.
+        // Opening for writes zeros what the tear left, and a new record follows the second.
         let j = Journal::open(d.path(), UUID, 2, Some(&torn)).unwrap();
         assert_eq!(j.append(&ops(3)).unwrap(), 3);
+        assert_eq!(j.append(&ops(4)).unwrap(), 4);
         drop(j);
-        assert_eq!(seqs(d.path()), vec![1, 2, 3]);
-        // The unwritten part of an append reads zero after some power cuts: also torn.
-        let now = std::fs::read(&path).unwrap();
-        let mut zeroed = now.clone();
-        let last = zeroed.len() - 10;
-        zeroed[last..].fill(0);
-        std::fs::write(&path, &zeroed).unwrap();
-        assert_eq!(collect(d.path(), 0).unwrap().0.len(), 2);
-        zeroed.extend_from_slice(&[0; 100]);
-        std::fs::write(&path, &zeroed).unwrap();
-        assert_eq!(collect(d.path(), 0).unwrap().0.len(), 2);
-        // Flip one byte inside the first record: refused, file untouched.
-        let mut bad = now.clone();
-        bad[HEADER_LEN + RECORD_HEADER + 3] ^= 0x40;
+        assert_eq!(seqs(d.path()), vec![1, 2, 3, 4]);
+        assert!(all_zero(&std::fs::read(&path).unwrap()[spans(&std::fs::read(&path).unwrap())[3].2..]));
+        std::fs::write(&path, &full).unwrap();
+        // Flip one byte inside the first record: refused (all its sectors were written), file
+        // untouched.
+        let mut bad = full.clone();
+        bad[s[0].0 + RECORD_HEADER + 3] ^= 0x40;
         std::fs::write(&path, &bad).unwrap();
         match collect(d.path(), 0) {
             Err(LoadError::Corrupt(m)) => assert!(m.contains("checksum"), "{m}"),
             other => panic!("expected corruption, got {other:?}"),
         }
         assert_eq!(std::fs::read(&path).unwrap(), bad);
-        // The defect format 1 had: a length pointing past the end of the file, in the last
-        // but one record, must not pass for a torn tail that drops the last record.
-        let mut bad = now.clone();
-        bad[HEADER_LEN] = 0xff;
+        // The same in the last record: its sectors were all written, so it is damage too.
+        let mut bad = full.clone();
+        bad[s[2].0 + RECORD_HEADER + 3] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(collect(d.path(), 0), Err(LoadError::Corrupt(_))));
+        // A length pointing past the end of the file, in the last but one record, must not pass
+        // for a torn tail that drops the last record (the header's checksum covers it).
+        let mut bad = full.clone();
+        bad[s[1].0] = 0xff;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(collect(d.path(), 0), Err(LoadError::Corrupt(_))));
+        // Padding that is not zero was never written by a record.
+        let mut bad = full.clone();
+        assert!(s[0].2 > s[0].1, "the first record is padded");
+        bad[s[0].2 - 1] = 1;
         std::fs::write(&path, &bad).unwrap();
         assert!(matches!(collect(d.path(), 0), Err(LoadError::Corrupt(_))));
         // A journal of another store is refused.
-        std::fs::write(&path, &now).unwrap();
+        std::fs::write(&path, &full).unwrap();
         assert!(matches!(replay(d.path(), &[1; 16], 0, |_, _| Ok(())), Err(LoadError::Corrupt(_))));
+    }
+
+    /// A record that was durable cannot be torn: when a later intact record says so, a record
+    /// that looks torn (a sector of it zero) is damage, even in the newest file.
+    #[test]
+    fn a_record_a_later_one_calls_durable_is_never_taken_for_torn() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path(), UUID, 0, None).unwrap();
+        for n in 1..=3 {
+            j.append(&ops(n)).unwrap();
+        }
+        j.sync().unwrap();
+        j.append(&ops(4)).unwrap();
+        drop(j);
+        let path = list(d.path()).unwrap()[0].1.clone();
+        let full = std::fs::read(&path).unwrap();
+        let s = spans(&full);
+        for (victim, refused) in [(2, true), (3, false)] {
+            let mut m = full.clone();
+            m[s[victim].0..s[victim].0 + RECORD_HEADER].fill(0);
+            std::fs::write(&path, &m).unwrap();
+            match collect(d.path(), 0) {
+                Err(LoadError::Corrupt(msg)) if refused => assert!(msg.contains("says it was durable"), "{msg}"),
+                Ok((v, Some(_))) if !refused => assert_eq!(v.len(), 3, "record 4 was never synced"),
+                other => panic!("record {}: {other:?}", victim + 1),
+            }
+        }
+    }
+
+    /// A model of a power cut on a device with a volatile cache: of the sectors written since
+    /// the last flush, any subset is kept (each whole or as it was), and the size the file grew
+    /// to since then may be lost. Replay must always find every synced record, then a prefix of
+    /// the rest; opening it for writes must leave a journal that continues in order.
+    #[test]
+    fn any_sectors_a_power_cut_keeps_replay_every_synced_record() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path(), UUID, 0, None).unwrap();
+        let big = |n: u64| {
+            let mut o = ops(n);
+            // Records of several sectors, and over chunk boundaries (the file grows).
+            o.push(Op::Unlink {
+                parent: n,
+                name: vec![b'y' + (n % 3) as u8; (n as usize * 97) % 1400],
+                time: Ts::default(),
+            });
+            o
+        };
+        for n in 1..=20 {
+            j.append(&big(n)).unwrap();
+        }
+        j.sync().unwrap();
+        let path = list(d.path()).unwrap()[0].1.clone();
+        let synced = std::fs::read(&path).unwrap();
+        for n in 21..=60 {
+            j.append(&big(n)).unwrap();
+        }
+        drop(j);
+        let written = std::fs::read(&path).unwrap();
+        assert!(written.len() > synced.len(), "the file grew past the synced size");
+        let all = collect(d.path(), 0).unwrap().0;
+        let sectors = written.len() / SECTOR;
+        let changed: Vec<usize> = (0..sectors)
+            .filter(|&s| synced.get(s * SECTOR..(s + 1) * SECTOR) != Some(&written[s * SECTOR..(s + 1) * SECTOR]))
+            .collect();
+        let mut rng = Rng::new(0x0070_756e_6368);
+        let mut cases = 0;
+        for case in 0..600 {
+            // Single sectors lost, then random subsets kept.
+            let keep: Vec<bool> = changed
+                .iter()
+                .enumerate()
+                .map(|(i, _)| if case < changed.len() { i != case } else { rng.below(2) == 0 })
+                .collect();
+            let grew = case % 3 != 0;
+            let mut image = if grew { written.clone() } else { written[..synced.len()].to_vec() };
+            for (&s, &k) in changed.iter().zip(&keep) {
+                if !k && s * SECTOR < image.len() {
+                    let old = synced.get(s * SECTOR..(s + 1) * SECTOR).map_or(vec![0; SECTOR], <[u8]>::to_vec);
+                    image[s * SECTOR..(s + 1) * SECTOR].copy_from_slice(&old);
+                }
+            }
+            std::fs::write(&path, &image).unwrap();
+            let (got, torn) = collect(d.path(), 0).unwrap_or_else(|e| panic!("case {case}: {e:?}"));
+            assert!(got.len() >= 20, "case {case}: only {} records, 20 were synced", got.len());
+            assert_eq!(&got[..], &all[..got.len()], "case {case}");
+            if case % 50 == 0 {
+                let j = Journal::open(d.path(), UUID, got.len() as u64, torn.as_ref()).unwrap();
+                j.append(&ops(1000)).unwrap();
+                drop(j);
+                let after = collect(d.path(), 0).unwrap().0;
+                assert_eq!(after.len(), got.len() + 1, "case {case}: a record after the tear");
+                assert_eq!(after.last().unwrap().1, ops(1000));
+            }
+            cases += 1;
+        }
+        eprintln!("{cases} power cuts over {} changed sectors", changed.len());
     }
 
     #[test]
@@ -665,10 +1033,37 @@ mod tests {
         }
         std::fs::write(d.path().join(file_name(1)), &h).unwrap();
         assert_eq!(seqs(d.path()), vec![1, 2]);
-        // Opening starts a format-2 file after it; both are read.
+        // Opening starts a format-3 file after it; both are read.
         let j = Journal::open(d.path(), UUID, 2, None).unwrap();
         j.append(&ops(3)).unwrap();
         assert_eq!(list(d.path()).unwrap().len(), 2);
+        assert_eq!(seqs(d.path()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn format_2_journals_are_still_read_and_never_written() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path(), UUID, 0, None).unwrap();
+        for n in 1..=3 {
+            j.append(&ops(n)).unwrap();
+        }
+        drop(j);
+        let path = list(d.path()).unwrap()[0].1.clone();
+        rewrite_as_old(&path, 2);
+        let v2 = std::fs::read(&path).unwrap();
+        assert_eq!(&v2[..8], MAGIC_V2);
+        assert_eq!(seqs(d.path()), vec![1, 2, 3]);
+        // A format-2 file cut inside its last record: torn, cut off by open, which starts a
+        // format-3 file after it.
+        std::fs::write(&path, &v2[..v2.len() - 3]).unwrap();
+        let (v, torn) = collect(d.path(), 0).unwrap();
+        assert_eq!(v.len(), 2);
+        let j = Journal::open(d.path(), UUID, 2, torn.as_ref()).unwrap();
+        j.append(&ops(3)).unwrap();
+        drop(j);
+        let files = list(d.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(&std::fs::read(&files[1].1).unwrap()[..8], MAGIC);
         assert_eq!(seqs(d.path()), vec![1, 2, 3]);
     }
 
@@ -725,13 +1120,9 @@ mod tests {
         for (fi, file) in files.iter().enumerate() {
             let orig = std::fs::read(file).unwrap();
             // Record boundaries of this file, to aim at the length fields.
-            let mut starts = Vec::new();
-            let mut pos = HEADER_LEN;
-            while pos < orig.len() {
-                starts.push(pos);
-                let len = u32::from_le_bytes(orig[pos..pos + 4].try_into().unwrap()) as usize;
-                pos += RECORD_HEADER + len + RECORD_TRAILER;
-            }
+            let records = spans(&orig);
+            let starts: Vec<usize> = records.iter().map(|r| r.0).collect();
+            let records_end = records.last().unwrap().1;
             for i in 0..orig.len() {
                 let mut m = orig.clone();
                 m[i] ^= (rng.below(255) + 1) as u8;
@@ -768,15 +1159,16 @@ mod tests {
             }
             let before_file = if fi == 0 { 0 } else { 120 };
             for cut in 0..orig.len() {
-                // Records of this file wholly before the cut.
-                let whole =
-                    starts.iter().zip(starts.iter().skip(1).chain([&orig.len()])).filter(|(_, e)| **e <= cut).count();
+                // Records of this file wholly before the cut (padding is not needed).
+                let whole = records.iter().filter(|r| r.1 <= cut).count();
                 let newest = fi + 1 == files.len();
                 let what = format!("file {fi} cut at {cut}");
-                let ok = check_case(d.path(), file, &orig[..cut], &all, before_file + whole, &what);
-                // The newest file may end in a torn append, or be cut inside its header (a
-                // rotation's file before its flush: dropped whole); an older file may not.
-                assert_eq!(ok, newest, "{what}: only the newest file may be cut short");
+                let want = if cut >= records_end { all.len() } else { before_file + whole };
+                let ok = check_case(d.path(), file, &orig[..cut], &all, want, &what);
+                // The newest file may end in a torn write, or be cut inside its header (a
+                // rotation's file before its flush: dropped whole); an older file may lose
+                // only zeros after its records.
+                assert_eq!(ok, newest || cut >= records_end, "{what}: only the newest file may be cut short");
                 cases += 1;
             }
             std::fs::write(file, &orig).unwrap();

@@ -158,7 +158,7 @@ impl Store {
     ///
     /// Everything is read and verified first ([`load`]); only then are files changed: debris of
     /// interrupted operations removed, a torn journal tail cut off, a format-1 superblock
-    /// rewritten as format 2, and — because a daemon killed before may have left acknowledged
+    /// rewritten as format 3 (before any journal file of format 3 exists), and — because a daemon killed before may have left acknowledged
     /// data and records in the page cache only — every segment and the journal made durable
     /// before the first request, so that a later fsync's promise covers them too.
     pub fn open(dir: &Path, opts: OpenOptions) -> Result<Store, OpenError> {

@@ -10,9 +10,10 @@ use std::io;
 
 /// Magic at the start of the superblock file.
 pub const MAGIC: &[u8; 8] = b"MMAPFSSB";
-/// The on-disk format this build writes. Format 1 (journal records whose length was not
-/// checksummed) is still read, and upgraded to 2 when opened for writing.
-pub const VERSION: u32 = 2;
+/// The on-disk format this build writes. Formats 1 (journal records whose length was not
+/// checksummed) and 2 (journal records appended) are still read, and upgraded to 3 (journal
+/// records written in place) when opened for writing.
+pub const VERSION: u32 = 3;
 /// The oldest format this build reads.
 pub const OLDEST: u32 = 1;
 const LEN: usize = 52;

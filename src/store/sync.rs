@@ -78,23 +78,26 @@ impl Store {
         let groups = by_segment(wr(&node).take_dirty(), self.bs, self.sb.segment_size);
         let bytes: u64 = groups.iter().flat_map(|g| &g.ranges).map(|r| r.len as u64).sum();
         let started = std::time::Instant::now();
-        let (calls, flushed) = self.flush(&groups, punches)?;
+        let (calls, flushed, covered) = self.flush(&groups, punches)?;
         let c = &self.counters;
         c.msync_calls.fetch_add(calls, Ordering::Relaxed);
         c.msync_bytes.fetch_add(bytes, Ordering::Relaxed);
         c.msync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if !flushed && self.sync_policy == SyncPolicy::Full {
+        match (flushed, covered) {
+            _ if self.sync_policy != SyncPolicy::Full => Ok(()),
+            // The journal's records were written out before a data sync that flushed.
+            (true, Some(upto)) => {
+                self.journal.covered(upto);
+                Ok(())
+            }
+            (true, None) => self.sync_journal(),
             // Step 4 below: the journal's fdatasync is the one device cache flush still owed.
-            self.journal.sync_forced().map_err(|e| self.failed_io("journal sync", e))
-        } else if self.sync_policy == SyncPolicy::Full {
-            self.sync_journal()
-        } else {
-            Ok(())
+            (false, _) => self.journal.sync_forced().map_err(|e| self.failed_io("journal sync", e)),
         }
     }
 
-    /// Makes `groups` durable; returns the msyncs made and whether one of them flushed the
-    /// device cache.
+    /// Makes `groups` durable; returns the msyncs made, whether one of them flushed the device
+    /// cache, and the journal seq that flush covered too (see below).
     ///
     /// A journal commit and device cache flush per msync would dominate many scattered ranges
     /// (each is a device cache flush at least). On ext4 and XFS (`batch_sync`):
@@ -109,10 +112,14 @@ impl Store {
     ///    fdatasync (which `--sync full` pays anyway) or, under `--sync data`, an msync of the
     ///    last range.
     ///
+    /// Before step 3's first msync under `--sync full`, the journal's records are written to the
+    /// device without a flush (`Journal::write_out`): that msync's flush covers them too, so
+    /// the journal needs no fdatasync of its own — unless its file grew since its last sync.
+    ///
     /// Elsewhere every range gets its own msync. Backends that sync whole files (pread,
     /// direct) make step 3 one fdatasync per segment; the direct backend writes through, so
     /// its writeback steps have nothing to start or wait for.
-    fn flush(&self, groups: &[SegmentRanges], punches: u64) -> Result<(u64, bool)> {
+    fn flush(&self, groups: &[SegmentRanges], punches: u64) -> Result<(u64, bool, Option<u64>)> {
         let io = |r: std::io::Result<()>| r.map_err(|e| self.failed_io("msync", e));
         // Decided once: a group another fsync settles meanwhile must still be waited for here.
         let settled: Vec<bool> = groups
@@ -120,6 +127,7 @@ impl Store {
             .map(|g| self.batch_sync && g.ranges.iter().all(|r| self.seg(g.seg).settled(r.off, r.len)))
             .collect();
         let (mut calls, mut flushed) = (0u64, groups.is_empty());
+        let mut covered = None;
         // A settled group gets no sync of its own below: its segment is checked here.
         for g in groups.iter().zip(&settled).filter(|(_, s)| **s).map(|(g, _)| g) {
             io(self.seg(g.seg).intact())?;
@@ -149,6 +157,9 @@ impl Store {
                     }
                 }
             }
+            if self.batch_sync && self.sync_policy == SyncPolicy::Full && !flushed {
+                covered = self.journal.write_out().map_err(|e| self.failed_io("journal sync", e))?;
+            }
             calls += 1;
             io(seg.sync_range(last[0].off, last[0].len))?;
             flushed = true;
@@ -165,7 +176,7 @@ impl Store {
             io(self.seg(g.seg).sync_range(r.off, r.len))?;
             flushed = true;
         }
-        Ok((calls, flushed))
+        Ok((calls, flushed, covered))
     }
 }
 

@@ -481,35 +481,40 @@ fn freed_space_goes_back_to_the_host_and_is_reserved_before_reuse() {
     assert!(read_all(&s, s.lookup(ROOT, b"b").unwrap().ino).iter().all(|&x| x == 9));
 }
 
-/// A format-1 store (old superblock version, old journal framing) mounts with everything in
-/// it, and is upgraded: its superblock says 2 and new records go to a format-2 file.
+/// A format-1 or format-2 store (old superblock version, old journal framing) mounts with
+/// everything in it, and is upgraded: its superblock says 3 and new records go to a format-3
+/// journal file.
 #[test]
-fn a_format_1_store_is_read_and_upgraded() {
-    let d = tempfile::tempdir().unwrap();
-    {
+fn format_1_and_2_stores_are_read_and_upgraded() {
+    for version in [1u8, 2] {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+            let a = file(&s, ROOT, "a");
+            s.write(a, 0, b"from an old format").unwrap();
+            // Dropped without close: the records stay in the journal.
+        }
+        let mut sb = read_superblock(d.path()).unwrap();
+        sb.version = version as u32;
+        std::fs::write(d.path().join("superblock"), sb.encode()).unwrap();
+        let files = journal::list(&d.path().join("meta")).unwrap();
+        assert_eq!(files.len(), 1);
+        journal::rewrite_as_old(&files[0].1, version);
         let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
-        let a = file(&s, ROOT, "a");
-        s.write(a, 0, b"from format 1").unwrap();
-        // Dropped without close: the records stay in the journal.
+        assert_eq!(read_superblock(d.path()).unwrap().version, superblock::VERSION);
+        let a = s.lookup(ROOT, b"a").unwrap().ino;
+        assert_eq!(read_all(&s, a), b"from an old format", "format {version}");
+        file(&s, ROOT, "b");
+        drop(s);
+        let files = journal::list(&d.path().join("meta")).unwrap();
+        assert_eq!(files.len(), 2, "a format-3 file after the old one");
+        assert_eq!(&std::fs::read(&files[1].1).unwrap()[..8], b"MMAPFSJ3");
+        let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
+        assert!(s.lookup(ROOT, b"b").is_ok());
+        s.close().unwrap();
+        drop(s);
+        assert!(fsck::check(d.path()).unwrap().clean());
     }
-    let mut sb = read_superblock(d.path()).unwrap();
-    sb.version = 1;
-    std::fs::write(d.path().join("superblock"), sb.encode()).unwrap();
-    let files = journal::list(&d.path().join("meta")).unwrap();
-    assert_eq!(files.len(), 1);
-    journal::rewrite_as_v1(&files[0].1);
-    let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
-    assert_eq!(read_superblock(d.path()).unwrap().version, superblock::VERSION);
-    let a = s.lookup(ROOT, b"a").unwrap().ino;
-    assert_eq!(read_all(&s, a), b"from format 1");
-    file(&s, ROOT, "b");
-    drop(s);
-    assert_eq!(journal::list(&d.path().join("meta")).unwrap().len(), 2, "a format-2 file after the old one");
-    let s = Store::open(d.path(), opts(1 << 20, 8 << 20)).unwrap();
-    assert!(s.lookup(ROOT, b"b").is_ok());
-    s.close().unwrap();
-    drop(s);
-    assert!(fsck::check(d.path()).unwrap().clean());
 }
 
 /// Every live inode of `table` (freed ones wait only for the kernel to forget them) encoded
