@@ -58,8 +58,9 @@ pub struct MountArgs {
     /// Pre-fault the segment mappings (MAP_POPULATE)
     #[arg(long)]
     populate: bool,
-    /// Copy multi-page writes through the segment mappings too (page by page, each new
-    /// page zeroed by the kernel first) instead of pwrite into the same page cache
+    /// Copy writes through the segment mappings (page by page, each new page zeroed by the
+    /// kernel first, each page fsync wrote back faulted again) instead of pwrite into the same
+    /// page cache
     #[arg(long)]
     map_writes: bool,
     /// What fsync does: full (data + metadata), data (data only), none (UNSAFE: nothing)

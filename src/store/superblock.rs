@@ -150,13 +150,15 @@ mod tests {
         let mut bad = b.clone();
         bad[40] ^= 1;
         assert!(matches!(Superblock::decode(&bad), Err(SuperblockError::Corrupt(_))));
-        let mut v3 = b.clone();
-        v3[8] = 3;
-        assert!(matches!(Superblock::decode(&v3), Err(SuperblockError::Version(3))));
-        // Format 1 is still read (and upgraded by the mount).
-        let mut sb1 = sb();
-        sb1.version = 1;
-        assert_eq!(Superblock::decode(&sb1.encode()).unwrap().version, 1);
+        let mut v4 = b.clone();
+        v4[8] = 4;
+        assert!(matches!(Superblock::decode(&v4), Err(SuperblockError::Version(4))));
+        // Formats 1 and 2 are still read (and upgraded by the mount).
+        for version in [1, 2] {
+            let mut old = sb();
+            old.version = version;
+            assert_eq!(Superblock::decode(&old.encode()).unwrap().version, version);
+        }
         assert!(matches!(Superblock::decode(b"hello world!"), Err(SuperblockError::Foreign)));
     }
 

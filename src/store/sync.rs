@@ -101,7 +101,8 @@ impl Store {
     ///
     /// A journal commit and device cache flush per msync would dominate many scattered ranges
     /// (each is a device cache flush at least). On ext4 and XFS (`batch_sync`):
-    /// 1. start writeback of every range of every segment (all the I/O in flight at once);
+    /// 1. start writeback of every range of every segment (all the I/O in flight at once), and
+    ///    of the journal's records;
     /// 2. segments whose ranges are all "settled" (their blocks were written and that was
     ///    committed before: an overwrite there needs no metadata) only wait for it;
     /// 3. every other segment waits for all but its last range and msyncs that one (MS_SYNC):
@@ -137,6 +138,10 @@ impl Store {
                 for r in &g.ranges {
                     io(self.seg(g.seg).start_writeback(r.off, r.len))?;
                 }
+            }
+            if self.sync_policy == SyncPolicy::Full && !groups.is_empty() {
+                // The journal's write overlaps the data's (its fdatasync follows the waits).
+                self.journal.start_writeback().map_err(|e| self.failed_io("journal sync", e))?;
             }
             for g in groups.iter().zip(&settled).filter(|(_, s)| **s).map(|(g, _)| g) {
                 let span = g.span(0);

@@ -189,12 +189,14 @@ impl SegmentIo for Mapped {
     }
 
     fn write_at(&self, off: usize, data: &[u8]) -> io::Result<()> {
-        if !self.map_writes && data.len() >= 2 * PAGE {
-            // Into the same page-cache pages the mapping shows, without faulting them in one
-            // by one: a fault on a new block makes the kernel zero the page before the copy
-            // overwrites it, and dirtying through the mapping costs msync write-protect
-            // work. Measured on 1 MiB writes: about 1.3x the write rate, fsync 0.29 s instead
-            // of 0.40 s per GiB (docs/benchmarks.md). Small writes stay on the mapping.
+        if !self.map_writes {
+            // Into the same page-cache pages the mapping shows, without faulting them: a fault
+            // on a new block makes the kernel zero the page before the copy overwrites it, and
+            // a page written back since its last store is write-protected in the mapping, so
+            // the next store through it faults again (`page_mkwrite`, a journal handle of the
+            // host). Measured (docs/design.md, "Writes"): 1 MiB writes about 1.3x the rate,
+            // 4 KiB random writes with an fsync after each 1.5x, with one every 32 writes 4.8x;
+            // only small writes never synced are faster through the mapping (about 1.2x).
             return self.file.write_all_at(data, off as u64);
         }
         self.prefetch(off, data.len());

@@ -43,7 +43,7 @@ pub enum Advice {
 }
 
 /// How segments are reached. Default: mmap backend, `MADV_RANDOM` with the daemon's own
-/// read-ahead, no populate, multi-page writes with `pwrite`, a pool of an eighth of memory.
+/// read-ahead, no populate, writes with `pwrite`, a pool of an eighth of memory.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
     pub backend: Backend,
@@ -51,8 +51,8 @@ pub struct Tuning {
     pub advice: Advice,
     /// Pre-fault every mapping (`MAP_POPULATE`).
     pub populate: bool,
-    /// Copy writes of two pages or more through the mapping too (by default they are
-    /// written with `pwrite` into the same page cache: see `mmap.rs`).
+    /// Copy writes through the mapping (by default they are written with `pwrite` into the
+    /// same page cache: see `mmap.rs`).
     pub map_writes: bool,
     /// Bytes of the `direct` backend's buffer pool.
     pub pool_size: u64,
