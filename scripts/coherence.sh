@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mmap coherence suite: every scenario of `mmapfs-coherence` against DIR (or, without DIR,
 # against a fresh mmapfs in each mode it offers: default, --threads 1, -o writeback_cache,
-# -o direct_io, the pread backend and the direct backend with a 32 MiB pool) and, as the
+# -o direct_io, the pread backend, and the direct and vm backends with a 32 MiB pool) and, as the
 # reference, against tmpfs.
 #
 #   sudo scripts/coherence.sh            # mmapfs in every mode vs tmpfs
@@ -147,7 +147,7 @@ else
     NPROC=$(nproc)
     for mode in "default threads=$NPROC:--threads,$NPROC" "threads=1:--threads,1" \
         "writeback_cache:-o,writeback_cache" "direct_io:-o,direct_io" "backend=pread:--backend,pread" \
-        "backend=direct:--backend,direct,--pool-size,32M"; do
+        "backend=direct:--backend,direct,--pool-size,32M" "backend=vm:--backend,vm,--pool-size,32M"; do
         name=${mode%%:*}
         name=mmapfs\ ${name// /,}
         args=${mode#*:}

@@ -202,7 +202,7 @@ pub struct Snapshot {
     pub used_bytes: u64,
     pub capacity_bytes: u64,
     pub inodes: u64,
-    /// The `direct` backend's buffer pool.
+    /// The `direct` or `vm` backend's buffer pool.
     #[serde(default)]
     pub pool: Option<PoolStats>,
     /// The mount's limits in the kernel (its bdi), read when the snapshot was taken.
@@ -227,7 +227,7 @@ pub struct KernelLimits {
     pub read_ahead_kb: Option<u64>,
 }
 
-/// The `direct` backend's buffer pool: its size, and page hits, misses (reads from the
+/// The `direct` or `vm` backend's buffer pool: its size, and page hits, misses (reads from the
 /// segment files), evictions and pages written to the segment files.
 pub type PoolStats = crate::store::PoolFigures;
 
@@ -262,7 +262,7 @@ impl Snapshot {
             metric("resident_bytes", "gauge", "Bytes of the segments in the page cache.", one(r as f64));
         }
         if let Some(p) = &self.pool {
-            metric("pool_bytes", "gauge", "Size of the direct backend's buffer pool.", one(p.bytes as f64));
+            metric("pool_bytes", "gauge", "Size of the direct or vm backend's buffer pool.", one(p.bytes as f64));
             metric("pool_hits_total", "counter", "Buffer pool page hits.", one(p.hits as f64));
             metric(
                 "pool_misses_total",
@@ -272,6 +272,9 @@ impl Snapshot {
             );
             metric("pool_evictions_total", "counter", "Buffer pool pages evicted.", one(p.evictions as f64));
             metric("pool_writes_total", "counter", "Pages written with O_DIRECT.", one(p.writes as f64));
+            if let Some(b) = p.eviction_batches {
+                metric("pool_eviction_batches_total", "counter", "Eviction batches (vm backend).", one(b as f64));
+            }
         }
         if let Some(k) = &self.kernel_limits {
             if let Some(b) = k.max_bytes {
@@ -352,6 +355,9 @@ impl Snapshot {
                 p.evictions,
                 p.writes
             );
+            if let Some(b) = p.eviction_batches {
+                let _ = writeln!(s, "  evicted in {b} batches (madvise MADV_DONTNEED)");
+            }
         }
         if let Some(k) = &self.kernel_limits {
             let opt = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map_or_else(|| "?".to_string(), f);

@@ -35,6 +35,12 @@ fn the_direct_backend_survives_kill_9_too() {
     torture((rounds() / 3).max(1), 4, &["--journal-limit", "256K", "--backend", "direct", "--pool-size", "4M"]);
 }
 
+/// The same with the vm backend (vmcache: one virtual region, evicted in batches).
+#[test]
+fn the_vm_backend_survives_kill_9_too() {
+    torture((rounds() / 3).max(1), 4, &["--journal-limit", "256K", "--backend", "vm", "--pool-size", "4M"]);
+}
+
 /// One client and a journal limit so small that checkpoints (and kills in the middle of one)
 /// happen all the time.
 #[test]

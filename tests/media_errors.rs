@@ -126,6 +126,11 @@ fn media_errors_with_the_direct_backend() {
     media_errors("direct");
 }
 
+#[test]
+fn media_errors_with_the_vm_backend() {
+    media_errors("vm");
+}
+
 /// The test device models a disk's volatile write cache: with `cache on`, writes are held
 /// (reads see them) until a flush (`fsync`), and `powercut` loses what was not flushed.
 #[test]

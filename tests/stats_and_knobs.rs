@@ -76,7 +76,17 @@ fn map_writes_writes_what_the_default_reads_even_after_kill_9() {
 /// before kill -9 is what the default backend reads, and its pool counters are in the stats.
 #[test]
 fn direct_backend_writes_what_mmap_reads_even_after_kill_9() {
-    let mut m = Mounted::new(&["--backend", "direct", "--pool-size", "4M"]);
+    pooled_backend_writes_what_mmap_reads_even_after_kill_9("direct");
+}
+
+/// The same for the vm backend (vmcache), whose stats also count eviction batches.
+#[test]
+fn vm_backend_writes_what_mmap_reads_even_after_kill_9() {
+    pooled_backend_writes_what_mmap_reads_even_after_kill_9("vm");
+}
+
+fn pooled_backend_writes_what_mmap_reads_even_after_kill_9(backend: &str) {
+    let mut m = Mounted::new(&["--backend", backend, "--pool-size", "4M"]);
     let data: Vec<u8> = (0..6u32 << 20).map(|i| (i / 4096 % 251) as u8).collect();
     fs::write(m.path("x"), &data).unwrap();
     // After kill -9 and a mount in the same mode, the file is read through the pool.
@@ -84,13 +94,16 @@ fn direct_backend_writes_what_mmap_reads_even_after_kill_9() {
     m.start().unwrap();
     assert!(fs::read(m.path("x")).unwrap() == data, "read back through the pool");
     let s = fresh_stats(&m.store);
-    assert_eq!(s["options"]["backend"], "direct");
+    assert_eq!(s["options"]["backend"], backend);
     let pool = &s["pool"];
     assert_eq!(pool["bytes"], 4 << 20);
     assert!(pool["misses"].as_u64().unwrap() >= 1536, "{pool}");
     assert!(pool["evictions"].as_u64().unwrap() > 0, "6 MiB through a 4 MiB pool: {pool}");
+    if backend == "vm" {
+        assert!(pool["eviction_batches"].as_u64().unwrap() > 0, "{pool}");
+    }
     drop(m);
-    written_by_one_read_by_default(&["--backend", "direct", "--pool-size", "4M", "--segment-size", "4M"]);
+    written_by_one_read_by_default(&["--backend", backend, "--pool-size", "4M", "--segment-size", "4M"]);
 }
 
 /// Random writes of 1 byte to 70 KB through a mount with `args`, fsync, kill -9, remount with

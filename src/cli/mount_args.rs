@@ -47,7 +47,7 @@ pub struct MountArgs {
     /// own buffer pool (CLOCK eviction, written through)
     #[arg(long, value_enum, default_value_t = Tuning::default().backend)]
     backend: Backend,
-    /// Size of the direct backend's buffer pool [default: an eighth of the memory]
+    /// Size of the direct and vm backends' buffer pool [default: an eighth of the memory]
     #[arg(long, value_name = "SIZE")]
     pool_size: Option<Size>,
     /// madvise() on the segment mappings; with `random` the daemon reads ahead exactly

@@ -196,7 +196,7 @@ impl Store {
         }
         let seg_dir = dir.join("segments");
         let segments: Vec<OnceLock<Segment>> = (0..sb.max_segments()).map(|_| OnceLock::new()).collect();
-        let engine = backend::engine(&opts.tuning, sb.max_segments())?;
+        let engine = backend::engine(&opts.tuning, sb.max_segments(), sb.segment_size)?;
         for (i, slot) in segments.iter().enumerate().take(count as usize) {
             let path = seg_dir.join(format!("{i:06}.seg"));
             let seg = Segment::open(&path, sb.segment_size as usize, i as u32, &*engine)

@@ -275,10 +275,10 @@ mod tests {
     fn create_write_read_sync_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("000000.seg");
-        for backend in [Backend::Mmap, Backend::Pread, Backend::Direct] {
+        for backend in [Backend::Mmap, Backend::Pread, Backend::Direct, Backend::Vm] {
             let t = Tuning { backend, pool_size: 0, ..Tuning::default() };
             let _ = std::fs::remove_file(&path);
-            let seg = Segment::create(&path, 1 << 20, 0, &*engine(&t, 1).unwrap()).unwrap();
+            let seg = Segment::create(&path, 1 << 20, 0, &*engine(&t, 1, 1 << 20).unwrap()).unwrap();
             seg.write_at(4095, b"hello").unwrap();
             let mut buf = [0u8; 7];
             seg.read_at(4094, &mut buf).unwrap();
@@ -287,7 +287,7 @@ mod tests {
             seg.zero(4096, 2).unwrap();
             drop(seg);
             // A new engine (and pool): what is read back comes from the file.
-            let p = &*engine(&t, 1).unwrap();
+            let p = &*engine(&t, 1, 1 << 20).unwrap();
             let seg = Segment::open(&path, 1 << 20, 0, p).unwrap();
             seg.read_at(4095, &mut buf[..5]).unwrap();
             assert_eq!(&buf[..5], b"h\0\0lo");

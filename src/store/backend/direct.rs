@@ -42,6 +42,7 @@ impl super::Engine for Engine {
             misses: c.misses.load(Relaxed),
             evictions: c.evictions.load(Relaxed),
             writes: c.writes.load(Relaxed),
+            eviction_batches: None,
         })
     }
 }

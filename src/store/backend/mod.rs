@@ -3,7 +3,8 @@
 //!
 //! - `mmap.rs`: `MAP_SHARED` mappings of the segment files (the default);
 //! - `pread.rs`: `pread`/`pwrite` on the segment files, no mapping;
-//! - `direct.rs` with `pool.rs`: `O_DIRECT` I/O into the daemon's own buffer pool.
+//! - `direct.rs` with `pool.rs`: `O_DIRECT` I/O into the daemon's own buffer pool;
+//! - `vm.rs`: a vmcache buffer pool, one virtual region addressed by page number.
 //!
 //! Adding a backend takes a file implementing [`Engine`] and [`SegmentIo`], a [`Backend`]
 //! variant and its arm in [`engine`]. Bounds, host space and the settled bits are the
@@ -14,6 +15,7 @@ mod direct;
 mod mmap;
 pub(crate) mod pool;
 mod pread;
+mod vm;
 
 use std::fs::File;
 use std::io;
@@ -30,6 +32,9 @@ pub enum Backend {
     Pread,
     /// `O_DIRECT` I/O into the daemon's own buffer pool, written through.
     Direct,
+    /// vmcache: `O_DIRECT` I/O into one virtual region addressed by page number, evicted with
+    /// madvise in batches, written through.
+    Vm,
 }
 
 /// The `madvise` advice for segment mappings (`mmap` backend).
@@ -54,7 +59,7 @@ pub struct Tuning {
     /// Copy writes through the mapping (by default they are written with `pwrite` into the
     /// same page cache: see `mmap.rs`).
     pub map_writes: bool,
-    /// Bytes of the `direct` backend's buffer pool.
+    /// Bytes of the `direct` and `vm` backends' buffer pool.
     pub pool_size: u64,
 }
 
@@ -86,6 +91,9 @@ pub struct PoolFigures {
     pub evictions: u64,
     /// Pages written to the segment files.
     pub writes: u64,
+    /// Eviction batches (`vm`: one pass of the hand and its `madvise` calls each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_batches: Option<u64>,
 }
 
 /// A segment file as a backend is given it when the segment is opened.
@@ -109,12 +117,14 @@ pub(crate) trait Engine: Send + Sync {
     }
 }
 
-/// The engine of the backend `t` names, for a store of at most `max_segments` segments.
-pub(crate) fn engine(t: &Tuning, max_segments: u64) -> io::Result<Box<dyn Engine>> {
+/// The engine of the backend `t` names, for a store of at most `max_segments` segments of
+/// `segment_size` bytes.
+pub(crate) fn engine(t: &Tuning, max_segments: u64, segment_size: u64) -> io::Result<Box<dyn Engine>> {
     Ok(match t.backend {
         Backend::Mmap => Box::new(mmap::Engine::new(t)),
         Backend::Pread => Box::new(pread::Engine),
         Backend::Direct => Box::new(direct::Engine::new(t.pool_size, max_segments)?),
+        Backend::Vm => Box::new(vm::Engine::new(t.pool_size, max_segments, segment_size)?),
     })
 }
 
