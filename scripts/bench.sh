@@ -7,7 +7,8 @@
 # Rows: sequential 1 MiB write of SIZE with a final fsync, sequential 1 MiB read (cold: page
 # caches dropped, mmapfs remounted first so its daemon maps nothing, and the row below it says
 # how much of the file was still cached when the read began; warm: cached), random 4 KiB
-# reads (warm, psync), random 4 KiB stores for RUNTIME seconds through a shared mapping of
+# reads (warm: psync, then loads through a mapping, fio's mmap engine), random 4 KiB writes into
+# the first 64 MiB with an fsync after each, random 4 KiB stores for RUNTIME seconds through a shared mapping of
 # MAP_SIZE, pre-read, with one msync at the end (fio's mmap engine), fsx's mixed workload (read,
 # write, mapped read, mapped write + msync, truncate: `mmapfs-coherence fsx-timed`, 100,000
 # operations, seconds), and create / stat / unlink of FILES files (fio's filecreate/filestat/
@@ -119,6 +120,12 @@ for run in $(seq "$RUNS"); do
         progress "run $run/$RUNS: $t: random 4 KiB reads"
         v=$(fio_json "$d" --name=randr --rw=randread --bs=4k --size="$SIZE" --invalidate=0 --time_based --runtime="$RUNTIME" --filename=seq | metric read iops)
         record "rand read 4k warm (IOPS)" "$t" "$v"
+        progress "run $run/$RUNS: $t: random 4 KiB loads through a mapping"
+        v=$(fio_json "$d" --name=mapr --rw=randread --bs=4k --size="$SIZE" --ioengine=mmap --invalidate=0 --time_based --runtime="$RUNTIME" --filename=seq | metric read iops)
+        record "rand read 4k mmap warm (IOPS)" "$t" "$v"
+        progress "run $run/$RUNS: $t: random 4 KiB writes, fsync after each"
+        v=$(fio_json "$d" --name=randw --rw=randwrite --bs=4k --size=64M --fsync=1 --time_based --runtime="$RUNTIME" --filename=seq | metric write iops)
+        record "rand write 4k + fsync each (IOPS)" "$t" "$v"
         rm -f "$d/seq"
         progress "run $run/$RUNS: $t: random 4 KiB stores through a mapping"
         v=$(fio_json "$d" --name=mapw --rw=randwrite --bs=4k --size="$MAP_SIZE" --ioengine=mmap --invalidate=0 \
@@ -177,5 +184,5 @@ for name, by in rows.items():
     def span(v):
         v = [x for x in v if x == x]
         return f"{min(v):,.0f}–{max(v):,.0f}" if v and max(v) >= 100 else (f"{min(v):.2f}–{max(v):.2f}" if v else "-")
-    print(f"{name:36}" + "".join(f"{span(by.get(t, [])):>15}" for t in targets))
+    print(f"{name:36}" + "".join(f" {span(by.get(t, [])):>22}" for t in targets))
 PY

@@ -140,37 +140,78 @@ const COLORS: [(BlockState, RGBColor, &str); 4] = [
     (BlockState::Dirty, RGBColor(215, 60, 50), "used, dirty"),
 ];
 
-/// Blocks drawn per pixel column: the map is at most this wide.
+/// Pixel columns of one segment's bar when all segments fit in one column of rows.
 const WIDTH: u32 = 1024;
-const ROW: u32 = 14;
+/// The narrowest bar, when segments wrap into several columns of rows.
+const MIN_BAR: u32 = 256;
+const ROW: u32 = 16;
+/// Rows per column before the map wraps into another column.
+const ROWS: usize = 64;
+/// Room left of each bar for the segment's label.
+const LABEL: u32 = 44;
+const GAP: u32 = 16;
+/// The font every label is drawn in, compiled in so that every machine draws the same map
+/// (DejaVu Sans, Bitstream Vera license: `font/LICENSE-DejaVu.txt`).
+const FONT: &[u8] = include_bytes!("font/DejaVuSans.ttf");
 
-/// Draws the store map: one row per segment, blocks left to right, each pixel the strongest
-/// state among the blocks it covers; the named file's blocks are underlined in orange. The
-/// legend needs a font (DejaVu Sans from Debian's fonts-dejavu-core); without one the map is
-/// drawn without text.
+/// Draws the store map: a title with the totals, a legend, and one labelled row per segment
+/// (blocks left to right, each pixel the strongest state among the blocks it covers, under an
+/// axis in MiB); the named file's blocks are underlined in orange. More than [`ROWS`]
+/// segments wrap into columns of rows, their bars narrowed down to [`MIN_BAR`] pixels, so a
+/// store of hundreds of segments stays a picture one can read.
 pub fn png(i: &Inspection, out: &Path, title: &str) -> Result<(), String> {
-    let per = i.segments.first().map_or(1, |s| s.blocks.len()).max(1);
-    let cols = (per as u32).min(WIDTH);
-    let blocks_per_px = per.div_ceil(cols as usize);
-    let font = load_font();
-    let top = if font { 46 } else { 4 };
-    let height = top + ROW * i.segments.len().max(1) as u32 + 4;
-    let width = cols + 8;
-    let root = BitMapBackend::new(out, (width, height)).into_drawing_area();
     let e = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", out.display());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| e(&"the built-in font"))?;
+    let per = i.segments.first().map_or(1, |s| s.blocks.len()).max(1);
+    let n = i.segments.len().max(1);
+    let columns = n.div_ceil(ROWS) as u32;
+    let rows = n.min(ROWS) as u32;
+    let bar = (WIDTH / columns).max(MIN_BAR).min(per as u32);
+    let blocks_per_px = per.div_ceil(bar as usize);
+    let col_width = LABEL + bar + GAP;
+    let top = 96;
+    let width = (8 + columns * col_width).max(640);
+    let height = top + ROW * rows + 8;
+    let root = BitMapBackend::new(out, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
-    if font {
-        let style = ("sans-serif", 13).into_font().color(&BLACK);
-        root.draw(&Text::new(title.to_string(), (4, 4), style.clone())).map_err(|x| e(&x))?;
-        let mut x = 4;
-        for (_, color, label) in COLORS {
-            root.draw(&Rectangle::new([(x, 26), (x + 12, 38)], color.filled())).map_err(|x| e(&x))?;
-            root.draw(&Text::new(label, (x + 16, 25), style.clone())).map_err(|x| e(&x))?;
-            x += 24 + 8 * label.len() as i32;
-        }
-        if i.file.is_some() {
-            root.draw(&Rectangle::new([(x, 36), (x + 12, 38)], RGBColor(245, 150, 30).filled())).map_err(|x| e(&x))?;
-            root.draw(&Text::new("the file", (x + 16, 25), style)).map_err(|x| e(&x))?;
+    let text = |size| ("sans-serif", size).into_font().color(&BLACK);
+    let mib = |blocks: u64| (blocks * i.block_size) as f64 / (1u64 << 20) as f64;
+    let sum = |f: &dyn Fn(&crate::store::inspect::SegmentView) -> u64| i.segments.iter().map(f).sum::<u64>();
+    let dirty = i.segments.iter().map(|s| s.dirty_blocks).sum::<Option<u64>>();
+    let totals = format!(
+        "{} segment{} of {} MiB: used {:.1} MiB, free {:.1} MiB, resident {:.1} MiB, dirty {}, largest free run {:.1} MiB",
+        i.segments.len(),
+        if i.segments.len() == 1 { "" } else { "s" },
+        i.segment_size >> 20,
+        mib(sum(&|s| s.used_blocks)),
+        mib(sum(&|s| s.free_blocks)),
+        mib(sum(&|s| s.resident_blocks)),
+        dirty.map_or_else(|| "unknown".to_string(), |d| format!("{:.1} MiB", mib(d))),
+        mib(i.segments.iter().map(|s| s.largest_free_run).max().unwrap_or(0)),
+    );
+    root.draw(&Text::new(format!("mmapfs store map: {title}"), (6, 4), text(16))).map_err(|x| e(&x))?;
+    root.draw(&Text::new(totals, (6, 26), text(12))).map_err(|x| e(&x))?;
+    let mut x = 6;
+    let legend = COLORS.iter().map(|c| (c.1, c.2)).chain(i.file.as_ref().map(|_| (FILE_COLOR, "the file")));
+    for (color, label) in legend {
+        root.draw(&Rectangle::new([(x, 48), (x + 12, 60)], color.filled())).map_err(|x| e(&x))?;
+        root.draw(&Text::new(label, (x + 16, 47), text(12))).map_err(|x| e(&x))?;
+        x += 28 + 7 * label.len() as i32;
+    }
+    // The axis over each column of bars: offsets in the segment, in MiB.
+    let seg_mib = i.segment_size as f64 / (1u64 << 20) as f64;
+    for c in 0..columns {
+        let x0 = (6 + c * col_width + LABEL) as i32;
+        let y = top as i32 - 6;
+        root.draw(&PathElement::new(vec![(x0, y), (x0 + bar as i32, y)], BLACK)).map_err(|x| e(&x))?;
+        // Quarters on a wide bar, halves on a narrow one: labels never run into each other.
+        let parts = if bar >= 400 { 4 } else { 2 };
+        for t in 0..=parts {
+            let tx = x0 + (bar as i32 - 1) * t / parts;
+            root.draw(&PathElement::new(vec![(tx, y - 3), (tx, y)], BLACK)).map_err(|x| e(&x))?;
+            let label = format!("{} MiB", seg_mib * t as f64 / parts as f64);
+            let lx = if t == parts { tx - 6 * label.len() as i32 } else { tx - if t == 0 { 0 } else { 14 } };
+            root.draw(&Text::new(label, (lx, y - 17), text(11))).map_err(|x| e(&x))?;
         }
     }
     let file_blocks: Vec<(u64, u64)> = i
@@ -180,39 +221,29 @@ pub fn png(i: &Inspection, out: &Path, title: &str) -> Result<(), String> {
         .map(|x| (x.segment, x.offset / i.block_size..(x.offset + x.len) / i.block_size))
         .flat_map(|(s, r)| r.map(move |b| (s, b)))
         .collect();
-    for (row, s) in i.segments.iter().enumerate() {
-        let y = (top + row as u32 * ROW) as i32;
-        for c in 0..cols as usize {
+    let origin = |seg: usize| {
+        let (c, r) = ((seg / ROWS) as u32, (seg % ROWS) as u32);
+        ((6 + c * col_width) as i32, (top + r * ROW) as i32)
+    };
+    for (k, s) in i.segments.iter().enumerate() {
+        let (x0, y) = origin(k);
+        root.draw(&Text::new(format!("{}", s.index), (x0, y + 1), text(11))).map_err(|x| e(&x))?;
+        for c in 0..bar as usize {
             let from = c * blocks_per_px;
             let to = ((c + 1) * blocks_per_px).min(s.blocks.len());
             let Some(state) = s.blocks.get(from..to).and_then(|b| b.iter().max()) else { continue };
             let color = COLORS.iter().find(|(st, _, _)| st == state).map_or(BLACK, |c| c.1);
-            let x = 4 + c as i32;
-            root.draw(&PathElement::new(vec![(x, y), (x, y + ROW as i32 - 3)], color)).map_err(|x| e(&x))?;
+            let x = x0 + LABEL as i32 + c as i32;
+            root.draw(&PathElement::new(vec![(x, y), (x, y + ROW as i32 - 4)], color)).map_err(|x| e(&x))?;
         }
     }
     for (seg, b) in file_blocks {
-        let x = 4 + (b as usize / blocks_per_px) as i32;
-        let y = (top + seg as u32 * ROW) as i32 + ROW as i32 - 3;
-        root.draw(&PathElement::new(vec![(x, y), (x, y + 1)], RGBColor(245, 150, 30))).map_err(|x| e(&x))?;
+        let (x0, y) = origin(seg as usize);
+        let x = x0 + LABEL as i32 + (b as usize / blocks_per_px) as i32;
+        let y = y + ROW as i32 - 3;
+        root.draw(&PathElement::new(vec![(x, y), (x, y + 1)], FILE_COLOR)).map_err(|x| e(&x))?;
     }
     root.present().map_err(|x| e(&x))
 }
 
-/// Registers a system font for the legend; false if there is none.
-fn load_font() -> bool {
-    const FONTS: [&str; 2] = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    ];
-    for path in FONTS {
-        if let Ok(bytes) = std::fs::read(path) {
-            // plotters keeps registered fonts for the life of the process.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                return true;
-            }
-        }
-    }
-    false
-}
+const FILE_COLOR: RGBColor = RGBColor(245, 150, 30);
