@@ -33,6 +33,9 @@ pub struct MountConfig {
     /// How far the kernel reads ahead in the mount's files (`-o read_ahead=SIZE`; `None`:
     /// the kernel's 128 KiB); applied by a daemon running as root once the mount answers.
     pub read_ahead: Option<u64>,
+    /// Where to serve the counters over HTTP (`-o metrics=PORT|HOST:PORT`; a bare port is
+    /// loopback only). `None`: not served.
+    pub metrics: Option<String>,
 }
 
 /// The default of `-o read_ahead`, chosen by measurement (docs/design.md, "Read-ahead and
@@ -159,6 +162,7 @@ impl MountConfig {
             store_opts: OpenOptions::default(),
             dirty_limit: DirtyLimit::DEFAULT,
             read_ahead: Some(READ_AHEAD_DEFAULT),
+            metrics: None,
         }
     }
 
@@ -213,6 +217,10 @@ impl MountConfig {
                         } else {
                             self.fs.entry_ttl = d
                         }
+                        continue;
+                    } else if let Some(v) = o.strip_prefix("metrics=") {
+                        crate::daemon::metrics::addresses(v)?;
+                        self.metrics = Some(v.to_string());
                         continue;
                     } else if let Some(v) = o.strip_prefix("dirty_limit=") {
                         self.dirty_limit = DirtyLimit::parse(v)?;

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::{counter::Counter as PromCounter, family::Family, gauge::Gauge as PromGauge};
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 /// The operations counted, in table order.
@@ -227,72 +229,86 @@ pub struct KernelLimits {
     pub read_ahead_kb: Option<u64>,
 }
 
+/// The media type of [`Snapshot::prometheus`]'s text, for an HTTP answer.
+pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+
+/// Registers a counter family of `rows` (its labels and value).
+fn counter(r: &mut Registry, name: &str, help: &str, rows: Vec<(Labels, f64)>) {
+    let f = Family::<Labels, PromCounter<f64, AtomicU64>>::default();
+    for (labels, v) in rows {
+        f.get_or_create(&labels).inc_by(v);
+    }
+    r.register(name, help, f);
+}
+
+/// Registers a gauge family of `rows` (its labels and value).
+fn gauge(r: &mut Registry, name: &str, help: &str, rows: Vec<(Labels, f64)>) {
+    let f = Family::<Labels, PromGauge<f64, AtomicU64>>::default();
+    for (labels, v) in rows {
+        f.get_or_create(&labels).set(v);
+    }
+    r.register(name, help, f);
+}
+
 /// The `direct` or `vm` backend's buffer pool: its size, and page hits, misses (reads from the
 /// segment files), evictions and pages written to the segment files.
 pub type PoolStats = crate::store::PoolFigures;
 
 impl Snapshot {
-    /// The counters in Prometheus' text exposition format, labelled with the store.
+    /// The counters in the OpenMetrics text format (which Prometheus scrapes), labelled with
+    /// the store, encoded by the `prometheus-client` crate. The sample names are those of
+    /// earlier versions (`mmapfs_requests_total{…}`); the `# TYPE`/`# HELP` lines name the
+    /// metric family (`mmapfs_requests`), as OpenMetrics has it, and the text ends in `# EOF`.
     pub fn prometheus(&self) -> String {
-        use std::fmt::Write;
-        let store = self.store.replace('\\', "\\\\").replace('"', "\\\"");
-        let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-            let _ = writeln!(s, "# HELP mmapfs_{name} {help}\n# TYPE mmapfs_{name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(s, "mmapfs_{name}{{store=\"{store}\"{labels}}} {v}");
-            }
+        let mut r = Registry::with_prefix("mmapfs");
+        let store = vec![("store".to_string(), self.store.clone())];
+        let one = |v: f64| vec![(store.clone(), v)];
+        let per_op = |f: &dyn Fn(&OpStats) -> f64| -> Vec<(Labels, f64)> {
+            let op = |o: &OpStats| [store.clone(), vec![("op".to_string(), o.op.clone())]].concat();
+            self.ops.iter().map(|o| (op(o), f(o))).collect()
         };
-        let per_op = |f: &dyn Fn(&OpStats) -> f64| -> Vec<(String, f64)> {
-            self.ops.iter().map(|o| (format!(",op=\"{}\"", o.op), f(o))).collect()
-        };
-        metric("requests_total", "counter", "FUSE requests served, by operation.", per_op(&|o| o.count as f64));
-        metric("request_bytes_total", "counter", "Bytes moved by requests, by operation.", per_op(&|o| o.bytes as f64));
-        metric("request_p99_microseconds", "gauge", "99th percentile latency, by operation.", per_op(&|o| o.p99_us));
-        let one = |v: f64| vec![(String::new(), v)];
-        metric("msync_calls_total", "counter", "msync calls made by fsync.", one(self.msync_calls as f64));
-        metric("msync_bytes_total", "counter", "Bytes msynced by fsync.", one(self.msync_bytes as f64));
-        metric("msync_seconds_total", "counter", "Time spent in msync.", one(self.msync_ms / 1000.0));
-        metric("journal_appends_total", "counter", "Journal records appended.", one(self.journal_appends as f64));
-        metric("journal_syncs_total", "counter", "Journal fdatasyncs.", one(self.journal_syncs as f64));
-        metric("minor_faults_total", "counter", "The daemon's minor page faults.", one(self.minor_faults as f64));
-        metric("major_faults_total", "counter", "The daemon's major page faults.", one(self.major_faults as f64));
-        metric("segments_mapped", "gauge", "Segment files mapped.", one(self.segments_mapped as f64));
-        if let Some(r) = self.resident_bytes {
-            metric("resident_bytes", "gauge", "Bytes of the segments in the page cache.", one(r as f64));
+        counter(&mut r, "requests", "FUSE requests served, by operation", per_op(&|o| o.count as f64));
+        counter(&mut r, "request_bytes", "Bytes moved by requests, by operation", per_op(&|o| o.bytes as f64));
+        gauge(&mut r, "request_p99_microseconds", "99th percentile latency, by operation", per_op(&|o| o.p99_us));
+        counter(&mut r, "msync_calls", "msync calls made by fsync", one(self.msync_calls as f64));
+        counter(&mut r, "msync_bytes", "Bytes msynced by fsync", one(self.msync_bytes as f64));
+        counter(&mut r, "msync_seconds", "Time spent in msync", one(self.msync_ms / 1000.0));
+        counter(&mut r, "journal_appends", "Journal records appended", one(self.journal_appends as f64));
+        counter(&mut r, "journal_syncs", "Journal fdatasyncs", one(self.journal_syncs as f64));
+        counter(&mut r, "minor_faults", "The daemon's minor page faults", one(self.minor_faults as f64));
+        counter(&mut r, "major_faults", "The daemon's major page faults", one(self.major_faults as f64));
+        gauge(&mut r, "segments_mapped", "Segment files mapped", one(self.segments_mapped as f64));
+        if let Some(v) = self.resident_bytes {
+            gauge(&mut r, "resident_bytes", "Bytes of the segments in the page cache", one(v as f64));
         }
         if let Some(p) = &self.pool {
-            metric("pool_bytes", "gauge", "Size of the direct or vm backend's buffer pool.", one(p.bytes as f64));
-            metric("pool_hits_total", "counter", "Buffer pool page hits.", one(p.hits as f64));
-            metric(
-                "pool_misses_total",
-                "counter",
-                "Buffer pool misses (pages read with O_DIRECT).",
-                one(p.misses as f64),
-            );
-            metric("pool_evictions_total", "counter", "Buffer pool pages evicted.", one(p.evictions as f64));
-            metric("pool_writes_total", "counter", "Pages written with O_DIRECT.", one(p.writes as f64));
+            gauge(&mut r, "pool_bytes", "Size of the direct or vm backend's buffer pool", one(p.bytes as f64));
+            counter(&mut r, "pool_hits", "Buffer pool page hits", one(p.hits as f64));
+            counter(&mut r, "pool_misses", "Buffer pool misses (pages read with O_DIRECT)", one(p.misses as f64));
+            counter(&mut r, "pool_evictions", "Buffer pool pages evicted", one(p.evictions as f64));
+            counter(&mut r, "pool_writes", "Pages written with O_DIRECT", one(p.writes as f64));
             if let Some(b) = p.eviction_batches {
-                metric("pool_eviction_batches_total", "counter", "Eviction batches (vm backend).", one(b as f64));
+                counter(&mut r, "pool_eviction_batches", "Eviction batches (vm backend)", one(b as f64));
             }
         }
         if let Some(k) = &self.kernel_limits {
             if let Some(b) = k.max_bytes {
-                metric(
-                    "dirty_limit_bytes",
-                    "gauge",
-                    "Dirty page cache the mount may hold (bdi max_bytes).",
-                    one(b as f64),
-                );
+                let help = "Dirty page cache the mount may hold (bdi max_bytes)";
+                gauge(&mut r, "dirty_limit_bytes", help, one(b as f64));
             }
             if let Some(kb) = k.read_ahead_kb {
-                metric("read_ahead_bytes", "gauge", "The kernel's read-ahead for the mount.", one((kb << 10) as f64));
+                gauge(&mut r, "read_ahead_bytes", "The kernel's read-ahead for the mount", one((kb << 10) as f64));
             }
         }
-        metric("used_bytes", "gauge", "Bytes of file data stored.", one(self.used_bytes as f64));
-        metric("capacity_bytes", "gauge", "The store's capacity.", one(self.capacity_bytes as f64));
-        metric("inodes", "gauge", "Inodes in the store.", one(self.inodes as f64));
-        metric("uptime_seconds", "gauge", "Seconds since the mount.", one(self.uptime_s));
+        gauge(&mut r, "used_bytes", "Bytes of file data stored", one(self.used_bytes as f64));
+        gauge(&mut r, "capacity_bytes", "The store's capacity", one(self.capacity_bytes as f64));
+        gauge(&mut r, "inodes", "Inodes in the store", one(self.inodes as f64));
+        gauge(&mut r, "uptime_seconds", "Seconds since the mount", one(self.uptime_s));
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &r);
         s
     }
 

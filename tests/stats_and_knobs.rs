@@ -218,7 +218,8 @@ fn stats_watch_and_prometheus() {
     drop(f);
     let out = std::process::Command::new(common::BIN).args(["stats", "--format", "prometheus"]).arg(&m.mnt).output();
     let prom = String::from_utf8_lossy(&out.unwrap().stdout).into_owned();
-    assert!(prom.contains("# TYPE mmapfs_requests_total counter"), "{prom}");
+    // OpenMetrics: the family is named without `_total`, its samples with it, and it ends.
+    assert!(prom.contains("# TYPE mmapfs_requests counter") && prom.ends_with("# EOF\n"), "{prom}");
     let write_line = prom.lines().find(|l| l.starts_with("mmapfs_requests_total{") && l.contains("op=\"write\""));
     let n: f64 = write_line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).expect("write count");
     assert!(n > 0.0, "{prom}");
@@ -238,4 +239,56 @@ fn stats_watch_and_prometheus() {
         lines.iter().skip(1).filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok()).filter(|&v| v > 0.0);
     assert!(busy.count() >= 2, "rates while writing: {text}");
     assert!(text.contains("has ended"), "{text}");
+}
+
+/// `-o metrics=ADDR` serves the counters over HTTP at /metrics while the mount lives (the same
+/// samples `stats --format prometheus` prints), answers 404 elsewhere, and an address that
+/// cannot be bound refuses the mount.
+#[test]
+fn metrics_are_served_over_http() {
+    use std::io::{Read, Write};
+    let get = |addr: &str, path: &str| -> (String, String) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    };
+    let mut m = Mounted::new(&["-o", "metrics=127.0.0.1:0"]);
+    let log = m.log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("serving metrics at http://").nth(1))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"))
+        .to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    fs::write(m.path("f"), b"counted").unwrap();
+    let (head, body) = get(&addr, "/metrics");
+    assert!(head.starts_with("HTTP/1.0 200") && head.contains("application/openmetrics-text"), "{head}");
+    let write_line = body.lines().find(|l| l.starts_with("mmapfs_requests_total{") && l.contains("op=\"write\""));
+    assert!(write_line.is_some_and(|l| l.ends_with(" 1.0")), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    // The same samples as `mmapfs stats --format prometheus` (by name), once stats.json has
+    // the requests too.
+    fresh_stats(&m.store);
+    let names = |t: &str| -> std::collections::BTreeSet<String> {
+        t.lines().filter(|l| !l.starts_with('#')).map(|l| l.split('{').next().unwrap().to_string()).collect()
+    };
+    let out = std::process::Command::new(common::BIN).args(["stats", "--format", "prometheus"]).arg(&m.mnt).output();
+    let cli = String::from_utf8(out.unwrap().stdout).unwrap();
+    assert_eq!(names(&body), names(&cli));
+    assert!(get(&addr, "/").0.starts_with("HTTP/1.0 404"));
+    m.stop();
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "still listening after the unmount");
+    // An address in use: the mount is refused, saying why.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut busy = Mounted::new_stopped(&["-o", &format!("metrics=127.0.0.1:{port}")]);
+    let err = busy.start().unwrap_err();
+    assert!(err.contains("cannot listen on 127.0.0.1"), "{err}");
+    let mut bad = Mounted::new_stopped(&["-o", "metrics=nowhere"]);
+    let err = bad.start().unwrap_err();
+    assert!(err.contains("metrics=nowhere"), "{err}");
 }

@@ -22,7 +22,8 @@ pub struct MountArgs {
     /// dirty_limit=kernel|N%|SIZE (dirty page cache the mount may hold; as root the default
     /// is 50% of the machine's dirty threshold, strict; a normal user keeps the kernel's 1%),
     /// read_ahead=kernel|SIZE (the kernel's read-ahead in the mount's files; as root 1M by
-    /// default, a normal user keeps the kernel's 128K)
+    /// default, a normal user keeps the kernel's 128K), metrics=PORT|HOST:PORT (the stats
+    /// counters over HTTP at /metrics; a bare port listens on loopback only)
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
     /// FUSE request threads [default: number of cores]

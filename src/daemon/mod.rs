@@ -4,6 +4,7 @@
 mod background;
 mod bdi;
 mod checks;
+pub mod metrics;
 mod snapshot;
 mod threads;
 
@@ -51,6 +52,8 @@ pub fn mount(cfg: &MountConfig) -> Result<(), String> {
     bdi::allow_requests_of(cfg.fs.max_write);
     let store = Arc::new(Store::open(&store_dir, cfg.store_opts).map_err(|e| format!("{}: {e}", store_dir.display()))?);
     let counters = Arc::new(Stats::default());
+    // Bound before the mount: an address in use fails the mount, not just its metrics.
+    let listeners = cfg.metrics.as_deref().map(metrics::bind).transpose()?;
     let mut session = start_session(&cfg, &store, &mnt, &counters)?;
     let kernel = source.and_then(|s| bdi::dir_of(&mnt, &s)).map(|dir| {
         bdi::relax(&dir, cfg.dirty_limit, io_flusher);
@@ -62,7 +65,7 @@ pub fn mount(cfg: &MountConfig) -> Result<(), String> {
     threads::spawn_signal_waiter(signals, session.unmount_callable(), mnt.clone())?;
     let mount = Mounted { cfg, mnt, kernel };
     spawn_ready(mount.clone(), store_dir, root)?;
-    serve(session, &mount, store, counters)
+    serve(session, &mount, store, counters, listeners)
 }
 
 /// Once the mount answers requests (the kernel has the daemon's INIT reply), sets what only
@@ -149,10 +152,20 @@ fn announce(store_dir: &Path, mnt: &Path, threads: usize, root: bool) {
 
 /// Runs the request loops until the mount ends, then stops the daemon's threads, writes the
 /// last figures and closes the store.
-fn serve(session: fuser::Session<MmapFs>, m: &Mounted, store: Arc<Store>, counters: Arc<Stats>) -> Result<(), String> {
+fn serve(
+    session: fuser::Session<MmapFs>,
+    m: &Mounted,
+    store: Arc<Store>,
+    counters: Arc<Stats>,
+    listeners: Option<metrics::Listeners>,
+) -> Result<(), String> {
     let mnt = &m.mnt;
     let stop = Arc::new(AtomicBool::new(false));
     let housekeeping = threads::spawn_housekeeping(stop.clone(), store.clone(), counters.clone(), m.clone())?;
+    let scrapers = match listeners {
+        Some(l) => metrics::spawn(l, stop.clone(), store.clone(), counters.clone(), m.clone())?,
+        None => Vec::new(),
+    };
     let checkpointer = threads::spawn_checkpointer(stop.clone(), store.clone())?;
     let served = session.run();
     store.mark_closing();
@@ -164,6 +177,9 @@ fn serve(session: fuser::Session<MmapFs>, m: &Mounted, store: Arc<Store>, counte
     store.wake_checkpoint_thread();
     let _ = housekeeping.join();
     let _ = checkpointer.join();
+    for t in scrapers {
+        let _ = t.join();
+    }
     snapshot::write(&snapshot::take(&counters, &store, m), store.dir());
     let closed = store.close();
     log::info!("unmounted {}", mnt.display());
