@@ -84,7 +84,7 @@ pub fn check(dir: &Path) -> Result<Report, CannotRun> {
     }
     if let Some(t) = &l.replayed.torn {
         r.notes.push(format!(
-            "journal {} ends at byte {} in an append a crash cut short (never acknowledged; cut off at the next mount)",
+            "journal {} ends at byte {} in a write a crash cut short (never acknowledged; removed at the next mount)",
             t.path.display(),
             t.at
         ));
