@@ -27,6 +27,8 @@ mod merge;
 pub(crate) mod meta;
 mod namespace;
 mod open;
+#[cfg(feature = "testing")]
+pub mod paths;
 mod recovery;
 mod segment;
 pub(crate) mod superblock;
