@@ -58,7 +58,7 @@ struct Cache {
     region: *mut u8,
     region_len: usize,
     pages_per_segment: usize,
-    state: Box<[AtomicU64]>,
+    state: Words,
     /// Page number + 1 of a resident page, or 0.
     slots: Box<[AtomicU64]>,
     hand: AtomicUsize,
@@ -111,7 +111,7 @@ impl Cache {
             pages_per_segment: segment_size as usize / PAGE,
             // Zeroed memory from the allocator: pages of it the store never touches stay
             // unbacked, so a large capacity costs address space, not memory.
-            state: zeroed(pages),
+            state: Words::new(pages)?,
             slots: zeroed(frames),
             hand: AtomicUsize::new(0),
             resident: AtomicUsize::new(0),
@@ -372,8 +372,59 @@ impl Cache {
     }
 }
 
+/// The page-state words: one per page of the capacity, in their own anonymous mapping
+/// (`MAP_NORESERVE`: a store of many TiB costs address space, and memory only for the pages
+/// of words its data touches; an allocation that large could abort the daemon instead).
+struct Words {
+    ptr: *mut AtomicU64,
+    len: usize,
+}
+
+// SAFETY: the words are atomics in memory owned by this value for its whole life.
+unsafe impl Send for Words {}
+// SAFETY: as above.
+unsafe impl Sync for Words {}
+
+impl Words {
+    fn new(len: usize) -> io::Result<Words> {
+        let bytes = (len * 8).max(PAGE);
+        // SAFETY: an anonymous mapping with no address hint; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("the vm backend's page states ({bytes} bytes): {e}")));
+        }
+        Ok(Words { ptr: p.cast(), len })
+    }
+}
+
+impl std::ops::Deref for Words {
+    type Target = [AtomicU64];
+    fn deref(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping holds `len` zero-initialised (fresh anonymous memory) words, lives
+        // as long as `self`, and is only ever accessed through atomics.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Words {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this length; nothing borrows it any more.
+        unsafe { libc::munmap(self.ptr.cast(), (self.len * 8).max(PAGE)) };
+    }
+}
+
 /// A zero-filled slice of atomics, from the allocator's zeroed memory (large ones come as fresh
-/// anonymous pages, backed only once touched).
+/// anonymous pages, backed only once touched). For the pool-sized arrays.
 fn zeroed(n: usize) -> Box<[AtomicU64]> {
     // SAFETY: all-zero bytes are a valid AtomicU64 (0).
     unsafe { Box::<[AtomicU64]>::new_zeroed_slice(n).assume_init() }
@@ -526,6 +577,22 @@ mod tests {
             let on_disk = std::fs::read(d.path().join(format!("{seg}.seg"))).unwrap();
             assert!(on_disk[base..base + model.len()] == model[..], "segment {seg} at {base} on disk");
         }
+    }
+
+    /// A store of many TiB costs address space, not memory: the region and the page states
+    /// of 16 TiB are mapped, and only what is touched is backed.
+    #[test]
+    fn a_huge_capacity_is_only_address_space() {
+        let segments = (16u64 << 40) / (64 << 20);
+        let cache = Cache::new(0, segments, 64 << 20).unwrap();
+        assert_eq!(cache.state.len() as u64, (16u64 << 40) / PAGE as u64);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s");
+        std::fs::write(&p, vec![7u8; 1 << 20]).unwrap();
+        let last = (segments as usize - 1) * cache.pages_per_segment;
+        let mut b = vec![0u8; 4096];
+        cache.read(&direct(&p), last, 4096, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 7));
     }
 
     /// Forgotten pages are read again from the file; an evicted page's memory is given back.
