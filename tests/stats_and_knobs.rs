@@ -243,7 +243,8 @@ fn stats_watch_and_prometheus() {
 
 /// `-o metrics=ADDR` serves the counters over HTTP at /metrics while the mount lives (the same
 /// samples `stats --format prometheus` prints), answers 404 elsewhere, and an address that
-/// cannot be bound refuses the mount.
+/// cannot be bound refuses the mount. The Grafana dashboard in docs/ names only metrics served
+/// (with the vm backend, which has every family: the pool's too).
 #[test]
 fn metrics_are_served_over_http() {
     use std::io::{Read, Write};
@@ -255,7 +256,7 @@ fn metrics_are_served_over_http() {
         let (head, body) = r.split_once("\r\n\r\n").unwrap();
         (head.to_string(), body.to_string())
     };
-    let mut m = Mounted::new(&["-o", "metrics=127.0.0.1:0"]);
+    let mut m = Mounted::new(&["-o", "metrics=127.0.0.1:0", "--backend", "vm", "--pool-size", "4M"]);
     let log = m.log();
     let addr = log
         .lines()
@@ -279,6 +280,27 @@ fn metrics_are_served_over_http() {
     let out = std::process::Command::new(common::BIN).args(["stats", "--format", "prometheus"]).arg(&m.mnt).output();
     let cli = String::from_utf8(out.unwrap().stdout).unwrap();
     assert_eq!(names(&body), names(&cli));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/mmapfs.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    let served = names(&body);
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("mmapfs_") {
+            let name: String =
+                rest[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+            assert!(served.contains(&name), "the dashboard asks for {name}, which is not served: {e}");
+            rest = &rest[i + name.len()..];
+        }
+    }
     assert!(get(&addr, "/").0.starts_with("HTTP/1.0 404"));
     m.stop();
     assert!(std::net::TcpStream::connect(&addr).is_err(), "still listening after the unmount");
