@@ -861,15 +861,19 @@ mod tests {
         v
     }
 
-    #[test]
-    fn torn_tail_is_reported_then_zeroed_by_open_corruption_is_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let j = Journal::open(d.path(), UUID, 0, None).unwrap();
+    /// A journal of records 1, 2 and 3 (none synced) in one file; that file's path.
+    fn journal_of_three(dir: &Path) -> PathBuf {
+        let j = Journal::open(dir, UUID, 0, None).unwrap();
         for n in 1..=3 {
             j.append(&ops(n)).unwrap();
         }
-        drop(j);
-        let path = list(d.path()).unwrap()[0].1.clone();
+        list(dir).unwrap()[0].1.clone()
+    }
+
+    #[test]
+    fn torn_tail_is_reported_then_zeroed_by_open_corruption_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = journal_of_three(d.path());
         let full = std::fs::read(&path).unwrap();
         assert_eq!(full.len() as u64, FIRST_CHUNK, "records are written over zeros written ahead");
         let s = spans(&full);
@@ -1057,12 +1061,7 @@ mod tests {
     #[test]
     fn format_2_journals_are_still_read_and_never_written() {
         let d = tempfile::tempdir().unwrap();
-        let j = Journal::open(d.path(), UUID, 0, None).unwrap();
-        for n in 1..=3 {
-            j.append(&ops(n)).unwrap();
-        }
-        drop(j);
-        let path = list(d.path()).unwrap()[0].1.clone();
+        let path = journal_of_three(d.path());
         rewrite_as_old(&path, 2);
         let v2 = std::fs::read(&path).unwrap();
         assert_eq!(&v2[..8], MAGIC_V2);
